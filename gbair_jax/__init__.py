@@ -1,0 +1,1 @@
+"""gbair_jax: find and fix mislabeled training data for prompt-tuned classifiers (G-BAIR)."""

@@ -1,0 +1,1 @@
+"""Data stage: SeqIO sources, label corruption, the ledger overlay, vocabularies."""

@@ -1,0 +1,1 @@
+"""Frozen backbones, the soft prompt, and the prompt classifier built from them."""

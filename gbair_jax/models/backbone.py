@@ -1,0 +1,74 @@
+"""The contract every frozen backbone (BERT/MiniLM, T5, LLaMA) fulfils.
+
+A backbone is a `flax.linen.Module` with two methods, plus a `PretrainedBackbone` bundle
+that knows how to load its frozen weights and how to turn text into its tokens. The
+`PromptClassifier` only ever talks to this contract, so trainer, TracIn and recovery run
+unchanged on every backbone.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = Any  # a nested dict of arrays (Flax "params" collection)
+
+
+class Backbone(Protocol):
+  """Methods a backbone Module provides (called through `module.apply(..., method=...)`).
+
+  `embed(tokens)`: int32 [B, T] -> float [B, T, D] token embeddings only (no positions:
+    the soft prompt is concatenated in this space, before positions are added).
+  `score_classes(embeddings, mask, class_tokens, class_mask)`: rank classification.
+    embeddings [B, T, D] (prompt already prepended), mask [B, T] (1 = real token),
+    class_tokens int32 [C, L] and class_mask [C, L] (the verbalizers, encoded by the
+    bundle's `encode_classes`) -> float32 [B, C]; higher means more likely. Encoders
+    return a scaled similarity, decoders the log-likelihood of each verbalizer.
+  `hidden_size`: D.
+  """
+
+  hidden_size: int
+
+  def embed(self, tokens: jax.Array) -> jax.Array: ...
+
+  def score_classes(self, embeddings: jax.Array, mask: jax.Array,
+                    class_tokens: jax.Array, class_mask: jax.Array) -> jax.Array: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedBackbone:
+  """A backbone module with its frozen weights and its tokenizer conventions.
+
+  Attributes:
+    name: short name used in reports ("minilm", "t5_base", "smollm2", "tiny_bert").
+    module: the Flax module fulfilling `Backbone`.
+    load_params: returns the frozen weights as the module's "params" tree.
+    encode_texts: (texts, length) -> (tokens int32 [N, length], mask int32 [N, length]),
+      with the model's special tokens (e.g. [CLS] ... [SEP], or text + EOS), right padded.
+    encode_classes: (label_strings) -> (tokens int32 [C, L], mask int32 [C, L]): the
+      verbalizers in the form `score_classes` expects.
+    vocabulary: the `seqio.Vocabulary` of the model (None for toy test models).
+  """
+
+  name: str
+  module: Any
+  load_params: Callable[[], Params]
+  encode_texts: Callable[[Sequence[str], int], tuple[np.ndarray, np.ndarray]]
+  encode_classes: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
+  vocabulary: Any = None
+
+
+def random_params(module: Any, seed: int = 0, vocab_size: int = 8) -> Params:
+  """Random weights for a tiny test backbone: initialises both contract methods."""
+  tokens = jnp.zeros((1, 4), jnp.int32)
+
+  def init_all(mdl):
+    embeddings = mdl.embed(tokens)
+    return mdl.score_classes(embeddings, jnp.ones((1, 4), jnp.int32),
+                             jnp.ones((2, 3), jnp.int32), jnp.ones((2, 3), jnp.int32))
+
+  del vocab_size
+  return module.init(jax.random.PRNGKey(seed), method=init_all)["params"]

@@ -1,0 +1,1 @@
+"""SeqIO task registrations: `import tasks` registers every gbair_jax task by name."""
