@@ -1,0 +1,109 @@
+"""The `gbair` command: T5X-style gin flags over the stages of G-BAIR.
+
+  gbair data describe --gin_file=gin/data/insults.gin [--gin.CORRUPTION_RATE=0.3] [--json]
+  gbair train     --gin_file=gin/runs/train_insults.gin --output_dir=runs/insults
+  gbair influence --output_dir=runs/quickstart --round=0 [--queries=misclassified] [--top_k=5]
+  gbair run       --gin_file=gin/runs/quickstart.gin --output_dir=runs/quickstart
+  gbair compare   --gin_file=gin/runs/quickstart.gin --strategies=tracin_opponents,loss,random
+Bad input prints one line (`gbair: error: ...`) and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from gbair_jax.errors import UserError  # noqa: E402
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="gbair", description=__doc__.split("\n")[0])
+  commands = parser.add_subparsers(dest="command", required=True)
+
+  def gin_flags(p, output_dir=True):
+    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    p.add_argument("--gin_search_paths", default="", help="comma-separated dirs for gin includes")
+    p.add_argument("--gin_bindings", action="append", default=[], help="one gin binding (repeatable)")
+    if output_dir:
+      p.add_argument("--output_dir", required=True)
+    p.add_argument("--multihost", action="store_true",
+                   help="call jax.distributed.initialize() (TPU pods; or set the coordinator flags)")
+    p.add_argument("--coordinator_address", default=None)
+    p.add_argument("--num_processes", type=int, default=None)
+    p.add_argument("--process_id", type=int, default=None)
+
+  data = commands.add_parser("data", help="inspect a task's data").add_subparsers(
+      dest="data_command", required=True)
+  describe = data.add_parser("describe", help="examples, labels and corruption per split")
+  gin_flags(describe, output_dir=False)
+  describe.add_argument("--json", action="store_true", help="print one JSON object")
+
+  gin_flags(commands.add_parser("train", help="prompt-tune the classifier (round 0 only)"))
+
+  influence = commands.add_parser("influence", help="TracIn proponents/opponents of queries")
+  influence.add_argument("--output_dir", required=True, help="a run written by train or run")
+  influence.add_argument("--round", type=int, default=0)
+  influence.add_argument("--queries", default="misclassified",
+                         help="misclassified | validation | ids:1,2,3 (validation example ids)")
+  influence.add_argument("--top_k", type=int, default=5)
+
+  gin_flags(commands.add_parser("run", help="G-BAIR recovery rounds with report"))
+
+  compare = commands.add_parser("compare", help="run several strategies on one config")
+  gin_flags(compare)
+  compare.add_argument("--strategies", default="tracin_opponents,loss,self_influence,random")
+  return parser
+
+
+def _setup_gin(args, extra_bindings) -> None:
+  from gbair_jax import config
+  config.parse_gin(args.gin_file, [*args.gin_bindings, *extra_bindings],
+                   [p for p in args.gin_search_paths.split(",") if p])
+
+
+def _maybe_distributed(args) -> None:
+  if args.multihost or args.coordinator_address:
+    from gbair_jax.influence import distributed
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+
+def main(argv: list[str]) -> int:
+  from gbair_jax import config
+  rest, overrides = config.split_gin_overrides(argv)
+  args = _parser().parse_args(rest)
+  if args.command == "influence":
+    from gbair_jax.influence import command as influence_command
+    influence_command.run(args.output_dir, args.round, args.queries, args.top_k)
+    return 0
+  _maybe_distributed(args)
+  _setup_gin(args, overrides)
+  if args.command == "data":
+    from gbair_jax.data import dataset, describe
+    summary = describe.describe(dataset.load_data())
+    print(json.dumps(summary) if args.json else describe.format_description(summary))
+  elif args.command == "train":
+    from gbair_jax.recovery import loop
+    loop.train_only(args.output_dir)
+  elif args.command == "run":
+    from gbair_jax.recovery import loop
+    loop.run(args.output_dir)
+  elif args.command == "compare":
+    from gbair_jax.recovery import compare
+    compare.compare(args.output_dir, [s for s in args.strategies.split(",") if s])
+  return 0
+
+
+def run() -> None:
+  """Console-script entry point."""
+  try:
+    sys.exit(main(sys.argv[1:]))
+  except UserError as e:
+    print(f"gbair: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,33 @@
+"""What a selection strategy may look at in one round: the trained classifier, its epoch
+checkpoints, the training set at its current labels, and the validation set."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from gbair_jax.models.classifier import ClassifierSpec
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class RoundContext:
+  spec: ClassifierSpec
+  frozen: Any
+  train: Arrays                                  # tokenised, labels as of this round
+  validation: Arrays                             # tokenised, never corrupted
+  checkpoints: list[tuple[np.ndarray, float]]    # (prompt, learning rate) per epoch
+  final_prompt: np.ndarray
+  train_logits: np.ndarray                       # [N, C] at the final prompt
+  validation_logits: np.ndarray                  # [M, C] at the final prompt
+  seed: int
+  batch_size: int = 32
+  progress: bool = True
+
+  @property
+  def misclassified(self) -> Arrays:
+    """The validation examples the model gets wrong: G-BAIR's queries."""
+    wrong = self.validation_logits.argmax(-1) != self.validation["label"]
+    return {k: v[wrong] for k, v in self.validation.items()}

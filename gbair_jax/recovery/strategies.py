@@ -1,0 +1,69 @@
+"""Selection strategies behind one interface: `strategy(ctx) -> scores [N]`.
+
+Higher score = more likely mislabeled; -inf means "not a suspect". All strategies see the
+same `RoundContext`, so `gbair compare` puts them on equal terms. G-BAIR's own strategy,
+`tracin_opponents`, lives in tracin_strategies.py.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import gin
+import numpy as np
+
+from gbair_jax.errors import UserError
+from gbair_jax.recovery.context import RoundContext
+from gbair_jax.train.metrics import softmax
+
+Strategy = Callable[[RoundContext], np.ndarray]
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register(name: str):
+  def wrap(fn):
+    STRATEGIES[name] = fn
+    return fn
+  return wrap
+
+
+def get_strategy(name: str) -> Strategy:
+  # Registered on import; tracin strategies need the influence engine.
+  from gbair_jax.recovery import tracin_strategies  # noqa: F401  pylint: disable=unused-import
+  if name not in STRATEGIES:
+    raise UserError(f"recovery strategy '{name}' is unknown (expected one of: "
+                    f"{', '.join(sorted(STRATEGIES))})")
+  return STRATEGIES[name]
+
+
+def current_label_losses(ctx: RoundContext) -> np.ndarray:
+  log_probs = np.log(np.clip(softmax(ctx.train_logits), 1e-12, None))
+  return -log_probs[np.arange(len(ctx.train["label"])), ctx.train["label"]]
+
+
+@register("loss")
+def loss_strategy(ctx: RoundContext) -> np.ndarray:
+  """Highest training loss at the final checkpoint: the strong published baseline."""
+  return current_label_losses(ctx)
+
+
+@register("random")
+def random_strategy(ctx: RoundContext) -> np.ndarray:
+  """Uniform random order, seeded: the floor any strategy must beat."""
+  return np.random.default_rng([ctx.seed, 7]).random(len(ctx.train["label"]))
+
+
+@register("confident_learning")
+@gin.configurable(denylist=["ctx"])
+def confident_learning_strategy(ctx: RoundContext, filter_by: str = "prune_by_noise_rate") -> np.ndarray:
+  """cleanlab's `find_label_issues` on the model's predicted probabilities.
+
+  Only flagged examples are suspects, ranked by self-confidence. The probabilities are
+  in-sample (the model saw these labels), which makes cleanlab conservative.
+  """
+  from cleanlab.filter import find_label_issues  # heavy import, only when used
+  probs = softmax(ctx.train_logits)
+  ranked = find_label_issues(ctx.train["label"], probs, filter_by=filter_by,
+                             return_indices_ranked_by="self_confidence")
+  scores = np.full(len(probs), -np.inf)
+  scores[ranked] = np.arange(len(ranked), 0, -1, dtype=np.float64)
+  return scores

@@ -1,0 +1,125 @@
+"""report.json, report.md, the per-round audit of suspects, and the console table.
+
+report.json follows the schema of the recovery issue; report.md is the table a person
+reads first; plots.py draws the PNGs referenced from it.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def _fmt(value, digits: int = 3) -> str:
+  if value is None or (isinstance(value, float) and np.isnan(value)):
+    return "-"
+  return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def write_suspects(path: str, entries, train: dict, label_names) -> None:
+  """One JSON line per changed example, with its text, so every change can be audited."""
+  row_of = {int(i): n for n, i in enumerate(train["example_id"])}
+  name = lambda label: None if label is None else label_names[label]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for e in entries:
+      row = row_of[e.example_id]
+      f.write(json.dumps({
+          "example_id": e.example_id, "text": str(train["text"][row]),
+          "old_label": name(e.old_label), "new_label": name(e.new_label), "score": e.score,
+          "strategy": e.strategy, "was_corrupted": bool(train["is_corrupted"][row]),
+          "original_label": name(int(train["original_label"][row]))}) + "\n")
+  os.replace(tmp, path)
+
+
+ROUND_COLUMNS = ("round", "selected", "precision", "recall_cumulative", "corrupted_remaining",
+                 "val acc", "test acc", "test f1", "test auc", "train s", "score s")
+
+
+def _round_cells(r: dict) -> list[str]:
+  return [str(r["round"]), str(r["selected"]), _fmt(r.get("precision")),
+          _fmt(r.get("recall_cumulative")), str(r.get("corrupted_remaining", "-")),
+          _fmt(r["validation"].get("accuracy")), _fmt(r["test"].get("accuracy")),
+          _fmt(r["test"].get("f1")), _fmt(r["test"].get("auc")),
+          _fmt(r["seconds"]["train"], 0), _fmt(r["seconds"]["score"], 0)]
+
+
+def format_round(r: dict) -> str:
+  return "  ".join(f"{k}={v}" for k, v in zip(ROUND_COLUMNS, _round_cells(r)))
+
+
+def _markdown_table(header, rows) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def format_table(report: dict) -> str:
+  """The per-round table, then the references, as markdown (also readable on a console)."""
+  table = _markdown_table(ROUND_COLUMNS, [_round_cells(r) for r in report["rounds"]])
+  refs = [[name, _fmt(ref["test"].get("accuracy")), _fmt(ref["test"].get("f1")),
+           _fmt(ref["test"].get("auc"))] for name, ref in report.get("references", {}).items()]
+  if refs:
+    table += "\n\n" + _markdown_table(("reference", "test acc", "test f1", "test auc"), refs)
+  return table
+
+
+def recovered_share(report: dict, metric: str = "auc") -> float | None:
+  """Share of the test `metric` lost to corruption that the final round won back."""
+  refs = report.get("references", {})
+  if "clean" not in refs or not report["rounds"]:
+    return None
+  clean = refs["clean"]["test"].get(metric)
+  start = report["rounds"][0]["test"].get(metric)
+  final = report["rounds"][-1]["test"].get(metric)
+  if None in (clean, start, final) or clean == start:
+    return None
+  return float((final - start) / (clean - start))
+
+
+def write_report(output_dir: str, report: dict, label_names) -> None:
+  """Writes report.json, report.md and the PNG plots (atomic file replaces)."""
+  from gbair_jax.report import plots  # matplotlib only when a report is written
+  report = dict(report)
+  report["recovered_share_of_lost_auc"] = recovered_share(report, "auc")
+  _write(os.path.join(output_dir, "report.json"), json.dumps(report, indent=2))
+  figures = plots.plot_report(output_dir, report)
+  changed = sum(r["selected"] for r in report["rounds"])
+  true_changes = sum(round(r["selected"] * r["precision"]) for r in report["rounds"]
+                     if r.get("precision") is not None)
+  md = [f"# G-BAIR report: {report['task']}", "",
+        f"Strategy `{report['strategy']}`, action `{report['action']}`; "
+        f"{report['num_train']} training examples, {report['num_corrupted']} corrupted; "
+        f"labels: {', '.join(label_names)}.", "",
+        format_table(report), "",
+        f"Labels changed over all rounds: {changed}, of which truly corrupted: {true_changes}"
+        + (f" ({true_changes / changed:.0%})." if changed else "."),
+        f"Share of the test AUC lost to corruption that the final round recovered: "
+        f"{_fmt(report['recovered_share_of_lost_auc'])}.", ""]
+  md += [f"![{name}]({os.path.basename(path)})" for name, path in figures.items()]
+  md += ["", "Audit every change in `round_<r>/suspects.jsonl`; the ledger is `ledger.jsonl`.", ""]
+  _write(os.path.join(output_dir, "report.md"), "\n".join(md))
+  _write_tensorboard(output_dir, report)
+
+
+def _write(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _write_tensorboard(output_dir: str, report: dict) -> None:
+  from clu import metric_writers
+  writer = metric_writers.create_default_writer(os.path.join(output_dir, "tensorboard"),
+                                                asynchronous=False)
+  for r in report["rounds"]:
+    scalars = {f"test/{k}": v for k, v in r["test"].items()}
+    scalars.update({f"validation/{k}": v for k, v in r["validation"].items()})
+    scalars["selected"] = r["selected"]
+    scalars["recall_cumulative"] = r.get("recall_cumulative", 0.0)
+    if r.get("precision") is not None:
+      scalars["precision"] = r["precision"]
+    writer.write_scalars(r["round"], scalars)
+  writer.flush()

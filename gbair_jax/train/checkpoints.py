@@ -1,0 +1,88 @@
+"""One Orbax checkpoint per epoch: prompt, optimizer state and JSON metadata.
+
+Layout: `<round_dir>/checkpoints/<epoch>/{prompt,opt_state,meta}`. The metadata holds the
+epoch, the global step and the learning rate used in that epoch, which TracIn uses to
+weight checkpoints. Backbone weights are never written here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+ITEMS = ("prompt", "opt_state", "meta")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+  epoch: int
+  step: int
+  learning_rate: float
+  meta: dict
+
+
+def checkpoint_dir(round_dir: str) -> str:
+  return os.path.join(os.path.abspath(round_dir), "checkpoints")
+
+
+def manager(round_dir: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      checkpoint_dir(round_dir),
+      options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True),
+      item_names=ITEMS)
+
+
+def save_epoch(mngr: ocp.CheckpointManager, epoch: int, prompt, opt_state, meta: dict) -> None:
+  """Writes epoch `epoch` and waits: a finished epoch is on disk before the next starts."""
+  mngr.save(epoch, args=ocp.args.Composite(
+      prompt=ocp.args.StandardSave({"prompt": prompt}),
+      opt_state=ocp.args.StandardSave(opt_state),
+      meta=ocp.args.JsonSave(meta)))
+  mngr.wait_until_finished()
+
+
+def restore_epoch(mngr: ocp.CheckpointManager, epoch: int, abstract_prompt, abstract_opt_state):
+  """Returns (prompt, opt_state, meta); abstract targets keep optax state types intact."""
+  restored = mngr.restore(epoch, args=ocp.args.Composite(
+      prompt=ocp.args.StandardRestore({"prompt": abstract_prompt}),
+      opt_state=ocp.args.StandardRestore(abstract_opt_state),
+      meta=ocp.args.JsonRestore()))
+  return restored["prompt"]["prompt"], restored["opt_state"], dict(restored["meta"])
+
+
+def restore_epoch_meta(mngr: ocp.CheckpointManager, epoch: int) -> dict:
+  return dict(mngr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+
+def list_checkpoints(round_dir: str) -> list[CheckpointInfo]:
+  """The round's finished epochs in order, with the learning rate each was trained at."""
+  if not os.path.isdir(checkpoint_dir(round_dir)):
+    return []
+  mngr = manager(round_dir)
+  infos = []
+  for epoch in sorted(mngr.all_steps()):
+    meta = restore_epoch_meta(mngr, epoch)
+    infos.append(CheckpointInfo(epoch=int(meta["epoch"]), step=int(meta["step"]),
+                                learning_rate=float(meta["learning_rate"]), meta=meta))
+  return infos
+
+
+def load_prompt(round_dir: str, epoch: int) -> np.ndarray:
+  """The prompt [P, D] saved at `epoch` (no optimizer needed to read it)."""
+  mngr = manager(round_dir)
+  restored = mngr.restore(epoch, args=ocp.args.Composite(prompt=ocp.args.StandardRestore()))
+  return np.asarray(restored["prompt"]["prompt"])
+
+
+def load_tracin_checkpoints(round_dir: str) -> list[tuple[np.ndarray, float]]:
+  """[(prompt, learning_rate)] for every epoch: the input of TracInCP."""
+  return [(load_prompt(round_dir, info.epoch), info.learning_rate)
+          for info in list_checkpoints(round_dir)]
+
+
+def as_abstract(tree: Any):
+  import jax  # local: keeps this module importable without touching devices
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
