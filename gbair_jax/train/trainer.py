@@ -142,7 +142,8 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     order = batches_lib.epoch_order(len(train["label"]), seed, epoch)
     first_step = int(state.step)
     losses, seen, epoch_start = [], 0, time.time()
-    bar = tqdm(batches_lib.iterate_batches(train, batch_size, order), total=steps_per_epoch,
+    bar = tqdm(batches_lib.iterate_batches(train, batch_size, order, keys=("tokens", "mask", "label")),
+               total=steps_per_epoch,
                desc=f"{os.path.basename(round_dir)} epoch {epoch}/{num_epochs}", disable=not progress,
                leave=False, dynamic_ncols=True)
     for batch in bar:
