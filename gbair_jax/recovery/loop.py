@@ -13,17 +13,19 @@ import time
 import gin
 import numpy as np
 
+from gbair_jax.data import ledger as ledger_lib
 from gbair_jax.data.ledger import append_ledger, apply_ledger, read_ledger
 from gbair_jax.errors import UserError
 from gbair_jax.recovery import actions
 from gbair_jax.recovery.context import RoundContext
+from gbair_jax.recovery import tracin_strategies  # noqa: F401  (registers G-BAIR strategies)
 from gbair_jax.recovery.strategies import get_strategy
 from gbair_jax.report import writer as report_writer
 from gbair_jax.train import checkpoints
 from gbair_jax.train.experiment import Experiment, build_experiment, claim_output_dir
 from gbair_jax.train.trainer import predict_logits, train_prompt
 
-LEDGER_FILE = "ledger.jsonl"
+LEDGER_FILE = ledger_lib.FILE_NAME
 RETRAIN_MODES = ("fresh", "warm_start")
 REFERENCES = ("clean", "no_recovery")
 

@@ -62,7 +62,8 @@ def confident_learning_strategy(ctx: RoundContext, filter_by: str = "prune_by_no
   """
   from cleanlab.filter import find_label_issues  # heavy import, only when used
   probs = softmax(ctx.train_logits)
-  ranked = find_label_issues(ctx.train["label"], probs, filter_by=filter_by,
+  # n_jobs=1: cleanlab forks worker processes otherwise, which can deadlock under JAX.
+  ranked = find_label_issues(ctx.train["label"], probs, filter_by=filter_by, n_jobs=1,
                              return_indices_ranked_by="self_confidence")
   scores = np.full(len(probs), -np.inf)
   scores[ranked] = np.arange(len(ranked), 0, -1, dtype=np.float64)

@@ -1,0 +1,128 @@
+"""Recovery rounds on the tiny random BERT: selection, actions, ledger, report, refusals."""
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+
+from gbair_jax.data.dataset import LabeledData
+from gbair_jax.data.ledger import read_ledger
+from gbair_jax.errors import UserError
+from gbair_jax.models.bert import tiny_bert
+from gbair_jax.models.classifier import build_classifier
+from gbair_jax.recovery import actions, loop
+from gbair_jax.train.experiment import Experiment
+from tests.helpers import synthetic_split
+
+LABELS = ("negative", "positive")
+
+
+@pytest.fixture(scope="module")
+def experiment():
+  backbone = tiny_bert()
+  data = LabeledData(task="synthetic", label_names=LABELS, splits={
+      "train": synthetic_split(64, 0, corrupt=16), "validation": synthetic_split(32, 1, 1000),
+      "test": synthetic_split(32, 2, 2000)})
+  return Experiment(data=data, spec=build_classifier(backbone, LABELS, prompt_length=4),
+                    frozen=backbone.load_params(), sequence_length=12)
+
+
+@pytest.fixture(autouse=True)
+def small_gin():
+  gin.clear_config()
+  gin.parse_config("train_prompt.num_epochs = 2\ntrain_prompt.batch_size = 16\n"
+                   "train_prompt.tensorboard = False\nselection_size.select_count = 6\n"
+                   "tracin_opponents.top_k = 8")
+  yield
+  gin.clear_config()
+
+
+def test_select_suspects_orders_and_excludes():
+  scores = np.array([0.5, 3.0, -np.inf, 2.0, 3.0])
+  np.testing.assert_array_equal(actions.select_suspects(scores, 3), [1, 4, 3])
+  exclude = np.array([False, True, False, False, False])
+  np.testing.assert_array_equal(actions.select_suspects(scores, 10, exclude), [4, 3, 0])
+
+
+def test_selection_size_bounds():
+  assert actions.selection_size(100, select_count=7) == 7
+  assert actions.selection_size(100, select_count=None, select_fraction=0.25) == 25
+  with pytest.raises(UserError, match="select_count=101"):
+    actions.selection_size(100, select_count=101)
+
+
+def test_actions_flip_pick_other_class_or_remove():
+  train = {"label": np.array([0, 2, 1]), "example_id": np.array([10, 11, 12])}
+  logits = np.array([[0.0, 5.0, 1.0], [9.0, 1.0, 8.0], [0.0, 0.0, 0.0]])
+  entries = actions.act("relabel", np.array([0, 1]), train, logits, np.array([1.0, 2.0, 3.0]), 4, "loss")
+  assert [(e.example_id, e.old_label, e.new_label) for e in entries] == [(10, 0, 1), (11, 2, 0)]
+  removed = actions.act("remove", np.array([2]), train, logits, np.zeros(3), 0, "loss")
+  assert removed[0].new_label is None
+  binary = actions.act("relabel", np.array([0]), {"label": np.array([1]), "example_id": np.array([5])},
+                       np.array([[2.0, 1.0]]), np.zeros(1), 0, "loss")
+  assert binary[0].new_label == 0
+
+
+def test_loss_rounds_write_ledger_and_report(experiment, tmp_path):
+  out = str(tmp_path / "run")
+  report = loop.run(out, num_rounds=2, strategy="loss", experiment=experiment, progress=False)
+  ledger = read_ledger(os.path.join(out, "ledger.jsonl"))
+  assert [r["selected"] for r in report["rounds"]] == [6, 6, 0]
+  assert len(ledger) == 12 and {e.round for e in ledger} == {0, 1}
+  assert len({e.example_id for e in ledger}) == 12, "an example is changed at most once"
+  on_disk = json.load(open(os.path.join(out, "report.json")))
+  for key in ("config", "task", "num_train", "num_corrupted", "rounds", "references"):
+    assert key in on_disk
+  assert on_disk["num_corrupted"] == 16
+  row = on_disk["rounds"][0]
+  for key in ("round", "selected", "precision", "recall_cumulative", "corrupted_remaining",
+              "validation", "test", "seconds"):
+    assert key in row
+  assert set(row["test"]) == {"accuracy", "f1", "auc"}
+  assert set(on_disk["references"]) == {"clean", "no_recovery"}
+  assert on_disk["references"]["no_recovery"]["test"] == row["test"]
+  # Precision and recall agree with the ledger and the corruption mask.
+  corrupted = set(experiment.data.splits["train"]["example_id"][:16].tolist())
+  hits0 = sum(e.example_id in corrupted for e in ledger if e.round == 0)
+  assert row["precision"] == pytest.approx(hits0 / 6)
+  hits = sum(e.example_id in corrupted for e in ledger)
+  assert on_disk["rounds"][1]["recall_cumulative"] == pytest.approx(hits / 16)
+  # Relabeling a corrupted example fixes it; relabeling a clean one breaks it.
+  assert on_disk["rounds"][1]["corrupted_remaining"] == 16 - hits
+  assert on_disk["rounds"][1]["wrong_labels"] == 16 - hits + (12 - hits)
+  for name in ("report.md", "test_metrics.png", "detection.png", "round_0/suspects.jsonl"):
+    assert os.path.getsize(os.path.join(out, name)) > 0
+  suspects = [json.loads(l) for l in open(os.path.join(out, "round_0/suspects.jsonl"))]
+  assert {s["example_id"] for s in suspects} == {e.example_id for e in ledger if e.round == 0}
+  assert all(s["text"] for s in suspects)
+
+
+def test_rerun_reuses_finished_rounds_and_refuses_other_config(experiment, tmp_path):
+  out = str(tmp_path / "run")
+  first = loop.run(out, num_rounds=1, strategy="random", experiment=experiment, progress=False)
+  ledger_before = open(os.path.join(out, "ledger.jsonl")).read()
+  # Pretend the process died before writing round 1's summary.
+  os.remove(os.path.join(out, "round_1", "round.json"))
+  again = loop.run(out, num_rounds=1, strategy="random", experiment=experiment, progress=False)
+  assert open(os.path.join(out, "ledger.jsonl")).read() == ledger_before
+  assert again["rounds"] == first["rounds"][:1] + again["rounds"][1:]
+  assert again["rounds"][1]["test"] == pytest.approx(first["rounds"][1]["test"])
+  with pytest.raises(UserError, match="different gin config"):
+    loop.run(out, num_rounds=1, strategy="loss", experiment=experiment, progress=False)
+
+
+def test_unknown_strategy_and_action_fail_before_work(experiment, tmp_path):
+  with pytest.raises(UserError, match="strategy 'nope' is unknown"):
+    loop.run(str(tmp_path / "a"), strategy="nope", experiment=experiment, progress=False)
+  with pytest.raises(UserError, match="action='fix'"):
+    loop.run(str(tmp_path / "b"), action="fix", experiment=experiment, progress=False)
+  assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
+@pytest.mark.parametrize("strategy", ["tracin_opponents", "self_influence", "confident_learning"])
+def test_other_strategies_run_one_round(experiment, tmp_path, strategy):
+  report = loop.run(str(tmp_path / strategy), num_rounds=1, strategy=strategy, action="remove",
+                    references=(), experiment=experiment, progress=False)
+  assert 0 <= report["rounds"][0]["selected"] <= 6
+  assert report["rounds"][1]["num_train"] == 64 - report["rounds"][0]["selected"]
