@@ -101,7 +101,9 @@ def run() -> None:
   try:
     sys.exit(main(sys.argv[1:]))
   except UserError as e:
-    print(f"gbair: error: {e}", file=sys.stderr)
+    # Gin appends "In call to configurable ..." lines; the first line is ours.
+    from gbair_jax.config import one_line
+    print(f"gbair: error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
 
 

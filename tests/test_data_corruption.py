@@ -1,0 +1,123 @@
+"""Label corruption: exact count, determinism, modes, train only, and bad rates.
+
+Uses the `user_files` task on a small fixture file so every load takes well under a second.
+"""
+import gin
+import numpy as np
+import pytest
+
+from gbair_jax.data import corruption
+from gbair_jax.data import dataset
+from gbair_jax.data import tf_columns
+from gbair_jax.data import user_files  # noqa: F401  (registers user_files_options with gin)
+from gbair_jax.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+@pytest.fixture
+def three_class_task(tmp_path):
+  path = tmp_path / "data.csv"
+  rows = ["text,label"] + [f"sentence {i},{'abc'[i % 3]}" for i in range(300)]
+  path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+  def bind(**corruption_bindings):
+    gin.clear_config()
+    gin.bind_parameter("user_files_options.train_path", str(path))
+    gin.bind_parameter("user_files_options.label_names", ("a", "b", "c"))
+    for name, value in corruption_bindings.items():
+      gin.bind_parameter(f"corrupt_labels.{name}", value)
+    return dataset.load_data("user_files")
+
+  return bind
+
+
+def test_exact_count_and_only_train(three_class_task):
+  clean = three_class_task()
+  data = three_class_task(rate=0.3, seed=5)
+  train = data.splits["train"]
+  assert len(train["label"]) == 240
+  assert train["is_corrupted"].sum() == round(0.3 * 240) == 72
+  changed = train["label"] != train["original_label"]
+  np.testing.assert_array_equal(changed, train["is_corrupted"])
+  np.testing.assert_array_equal(train["original_label"], clean.splits["train"]["label"])
+  for name in ("validation", "test"):
+    for column in clean.splits[name]:
+      np.testing.assert_array_equal(data.splits[name][column], clean.splits[name][column])
+    assert not data.splits[name]["is_corrupted"].any()
+
+
+def test_same_seed_same_examples_other_seed_others(three_class_task):
+  first = three_class_task(rate=0.2, seed=3).splits["train"]
+  again = three_class_task(rate=0.2, seed=3).splits["train"]
+  other = three_class_task(rate=0.2, seed=4).splits["train"]
+  np.testing.assert_array_equal(first["label"], again["label"])
+  np.testing.assert_array_equal(first["is_corrupted"], again["is_corrupted"])
+  assert other["is_corrupted"].sum() == first["is_corrupted"].sum()
+  assert not np.array_equal(first["is_corrupted"], other["is_corrupted"])
+
+
+def test_uniform_mode_reaches_every_other_class():
+  ids = np.arange(3000, dtype=np.int64) * 7919
+  labels = np.zeros(3000, np.int32)
+  new, corrupted = corruption.corrupted_labels(ids, labels, 3, 0.5, seed=0, mode="auto")
+  assert corrupted.sum() == 1500
+  assert (new[corrupted] != 0).all() and (new[~corrupted] == 0).all()
+  counts = np.bincount(new[corrupted], minlength=3)
+  assert counts[0] == 0 and 600 < counts[1] < 900 and 600 < counts[2] < 900
+
+
+def test_binary_flip_and_order_independence():
+  ids = np.arange(1, 101, dtype=np.int64) * 104729
+  labels = (np.arange(100) % 2).astype(np.int32)
+  new, corrupted = corruption.corrupted_labels(ids, labels, 2, 0.25, seed=9, mode="flip")
+  assert corrupted.sum() == 25
+  np.testing.assert_array_equal(new[corrupted], 1 - labels[corrupted])
+  order = np.random.default_rng(0).permutation(100)
+  new_shuffled, corrupted_shuffled = corruption.corrupted_labels(ids[order], labels[order], 2,
+                                                                 0.25, seed=9, mode="flip")
+  np.testing.assert_array_equal(new_shuffled, new[order])
+  np.testing.assert_array_equal(corrupted_shuffled, corrupted[order])
+  # A larger rate corrupts a superset of the examples.
+  _, more = corruption.corrupted_labels(ids, labels, 2, 0.5, seed=9)
+  assert (more >= corrupted).all() and more.sum() == 50
+
+
+def test_preprocessor_on_a_seqio_style_dataset():
+  columns = {"example_id": np.arange(10, dtype=np.int64), "text": np.array(["t"] * 10, object),
+             "label": np.zeros(10, np.int32), "original_label": np.zeros(10, np.int32),
+             "is_corrupted": np.zeros(10, bool)}
+  out = tf_columns.from_dataset(corruption.corrupt_labels(
+      tf_columns.to_dataset(columns), num_classes=2, rate=0.4, seed=1))
+  assert out["is_corrupted"].sum() == 4 and out["label"].sum() == 4
+  assert out["original_label"].sum() == 0
+  assert isinstance(out["text"][0], str)
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, 1.5, float("nan"), "0.3", True])
+def test_rate_outside_unit_interval_names_the_binding(three_class_task, rate):
+  with pytest.raises(UserError) as info:
+    three_class_task(rate=rate)
+  message = str(info.value).splitlines()[0]
+  assert "corrupt_labels.rate" in message and "CORRUPTION_RATE" in message
+  assert "[0, 1)" in message
+
+
+def test_flip_needs_two_classes(three_class_task):
+  with pytest.raises(UserError, match="corrupt_labels.mode"):
+    three_class_task(rate=0.1, mode="flip")
+  with pytest.raises(UserError, match="corrupt_labels.mode"):
+    three_class_task(rate=0.1, mode="sideways")
+
+
+def test_zero_rate_is_the_clean_data():
+  ids = np.arange(50, dtype=np.int64)
+  labels = np.ones(50, np.int32)
+  new, corrupted = corruption.corrupted_labels(ids, labels, 2, 0.0, seed=0)
+  assert not corrupted.any()
+  np.testing.assert_array_equal(new, labels)
