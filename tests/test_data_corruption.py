@@ -121,3 +121,20 @@ def test_zero_rate_is_the_clean_data():
   new, corrupted = corruption.corrupted_labels(ids, labels, 2, 0.0, seed=0)
   assert not corrupted.any()
   np.testing.assert_array_equal(new, labels)
+
+
+def test_train_subset_is_seeded_and_corrupted_exactly():
+  import gin
+  from gbair_jax.data.dataset import load_data
+  gin.clear_config()
+  try:
+    gin.parse_config("corrupt_labels.rate = 0.3")
+    first = load_data(task="insults", max_train_examples=500)
+    again = load_data(task="insults", max_train_examples=500)
+  finally:
+    gin.clear_config()
+  train = first.splits["train"]
+  assert len(train["label"]) == 500
+  assert train["is_corrupted"].sum() == 150
+  np.testing.assert_array_equal(train["example_id"], again.splits["train"]["example_id"])
+  assert len(first.splits["test"]["label"]) == 2647  # other splits untouched

@@ -16,6 +16,7 @@ from gbair_jax.data import corruption
 from gbair_jax.data import example_ids as ids_lib
 from gbair_jax.data import registration
 from gbair_jax.data import tf_columns
+from gbair_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +41,17 @@ class LabeledData:
 
 
 @gin.configurable
-def load_data(task: str = gin.REQUIRED, task_module: str | None = "tasks") -> LabeledData:
+def load_data(task: str = gin.REQUIRED, task_module: str | None = "tasks",
+              max_train_examples: int | None = None, subset_seed: int = 0) -> LabeledData:
   """Runs the SeqIO task `task` and applies label corruption to its training split.
 
   Args:
     task: a registered task name (gin macro TASK), e.g. "insults".
     task_module: module imported first so that it registers its tasks (as T5X's
       MIXTURE_OR_TASK_MODULE); None if the caller registered them already.
+    max_train_examples: keep only this many training examples (a seeded subset chosen by
+      example id, before corruption), for quick CPU runs; None keeps all.
+    subset_seed: which subset.
 
   Returns:
     The three splits; exactly round(CORRUPTION_RATE x N_train) training labels differ
@@ -59,10 +64,25 @@ def load_data(task: str = gin.REQUIRED, task_module: str | None = "tasks") -> La
     dataset = entry.seqio_task.get_dataset(
         sequence_length=None, split=split, shuffle=False, use_cached=False, num_epochs=1)
     if split == "train":
+      if max_train_examples is not None:
+        dataset = _subset(dataset, max_train_examples, subset_seed)
       dataset = corruption.corrupt_labels(dataset, num_classes=len(label_names))
     splits[split] = tf_columns.from_dataset(dataset)
   _check_labels(task, label_names, splits)
   return LabeledData(task=task, label_names=label_names, splits=splits)
+
+
+def _subset(dataset, max_examples: int, seed: int):
+  """The `max_examples` examples with the smallest seeded id hashes (order-independent)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+    raise UserError(f"load_data.max_train_examples = {max_examples!r}: must be an integer >= 1")
+  ids = tf_columns.from_dataset(dataset.map(lambda ex: {"example_id": ex["example_id"]}))["example_id"]
+  keep = ids[np.argsort(ids_lib.seeded_hash(ids, seed, salt="train/subset"), kind="stable")[:max_examples]]
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(keep, tf.int64),
+                                          tf.ones(len(keep), tf.int64)), default_value=0)
+  return dataset.filter(lambda ex: table.lookup(ex["example_id"]) > 0)
 
 
 def _check_labels(task: str, label_names: tuple[str, ...],
