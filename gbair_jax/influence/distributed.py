@@ -1,0 +1,89 @@
+"""Multi-host scoring: start JAX's distributed runtime and give each host its share of data.
+
+JAX's own runtime does the work (one global mesh over every host's devices); this module
+only resolves the coordinator settings, splits the batch stream, and agrees on when to stop.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator, TypeVar
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from gbair_jax.errors import UserError
+
+T = TypeVar("T")
+
+# JAX itself reads JAX_COORDINATOR_ADDRESS; the other two are read here, under JAX-like names.
+COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
+NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
+PROCESS_ID_ENV = "JAX_PROCESS_ID"
+
+
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name)
+  if value in (None, ""):
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise UserError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, auto_detect: bool = False) -> bool:
+  """Starts `jax.distributed` from arguments (flags) or the environment; returns if it did.
+
+  Each argument falls back to its environment variable (JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES, JAX_PROCESS_ID). A single process (nothing set, or one process) is a
+  no-op, unless `auto_detect` asks JAX to find the cluster itself (TPU pods, SLURM, ...).
+  Call it before anything touches a JAX device.
+
+  Raises:
+    UserError: a multi-process setting is incomplete or inconsistent.
+  """
+  coordinator_address = coordinator_address or os.environ.get(COORDINATOR_ENV) or None
+  num_processes = num_processes if num_processes is not None else _env_int(NUM_PROCESSES_ENV)
+  process_id = process_id if process_id is not None else _env_int(PROCESS_ID_ENV)
+  if auto_detect and coordinator_address is None and num_processes is None:
+    jax.distributed.initialize()
+    return True
+  if num_processes is None or num_processes == 1:
+    return False
+  if num_processes < 1:
+    raise UserError(f"num_processes must be >= 1, got {num_processes}")
+  if coordinator_address is None or process_id is None:
+    raise UserError(f"num_processes={num_processes} also needs the coordinator address "
+                    f"({COORDINATOR_ENV}) and this process's id ({PROCESS_ID_ENV})")
+  if not 0 <= process_id < num_processes:
+    raise UserError(f"process_id={process_id} is not in [0, num_processes={num_processes})")
+  if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+    # CPU devices of different processes only talk through a collectives library (JAX
+    # 0.10.2 defaults to gloo already; older configs may have turned it off).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  return True
+
+
+def host_shard(batches: Iterable[T], process_index: int | None = None,
+               process_count: int | None = None) -> Iterator[T]:
+  """This host's batches of a stream every host reads alike: batch i goes to host i % count.
+
+  Round-robin keeps hosts within one batch of each other however long the stream is.
+  """
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  for i, batch in enumerate(batches):
+    if i % count == index:
+      yield batch
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is true on any process (every process must call it, in step)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  flags = multihost_utils.process_allgather(np.asarray([flag], np.int32))
+  return bool(np.any(flags))
