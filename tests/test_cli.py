@@ -1,0 +1,176 @@
+"""The `gbair` command end to end in subprocesses: kill -9 and resume, refusals, bad input.
+
+Uses a tiny random BERT on a small CSV written here, so each process takes seconds.
+"""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.helpers import synthetic_split
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GBAIR = [sys.executable, "-m", "gbair_jax.main"]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cli")
+  split = synthetic_split(120, 0)
+  with open(root / "data.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["text", "label"])
+    for text, label in zip(split["text"], split["label"]):
+      writer.writerow([text, ["negative", "positive"][label]])
+  gin_file = root / "tiny_run.gin"
+  gin_file.write_text(f"""
+include 'gin/models/tiny_bert.gin'
+include 'gin/data/user_csv.gin'
+import gbair_jax.recovery.loop
+USER_TRAIN_FILE = '{root / "data.csv"}'
+USER_LABEL_NAMES = ('negative', 'positive')
+CORRUPTION_RATE = 0.25
+build_classifier.prompt_length = 4
+build_experiment.sequence_length = 12
+train_prompt.num_epochs = 3
+train_prompt.batch_size = 8
+selection_size.select_count = 5
+tracin_opponents.top_k = 8
+run.num_rounds = 2
+run.strategy = 'tracin_opponents'
+""")
+  return str(gin_file)
+
+
+def gbair(*args, check=True, timeout=300):
+  proc = subprocess.run([*GBAIR, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  if check and proc.returncode != 0:
+    raise AssertionError(f"gbair {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def run_until(args, path, timeout=300):
+  """Starts gbair and kill -9s it as soon as `path` exists (a finished epoch or round)."""
+  proc = subprocess.Popen([*GBAIR, *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  deadline = time.time() + timeout
+  try:
+    while not os.path.exists(path):
+      assert proc.poll() is None, "gbair ended before the kill point"
+      assert time.time() < deadline, "kill point never reached"
+      time.sleep(0.05)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def comparable(report):
+  """The report without timings (wall-clock seconds differ between runs)."""
+  report = json.loads(json.dumps(report))
+  for r in report["rounds"]:
+    r.pop("seconds")
+  return report
+
+
+def test_run_killed_mid_round_resumes_to_the_same_ledger_and_report(config, tmp_path):
+  full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+  gbair("run", f"--gin_file={config}", f"--output_dir={full}")
+  # Kill while round 1 trains (its first epoch is on disk, the round is not finished).
+  run_until(["run", f"--gin_file={config}", f"--output_dir={killed}"],
+            os.path.join(killed, "round_1", "checkpoints", "1"))
+  assert not os.path.exists(os.path.join(killed, "report.json"))
+  out = gbair("run", f"--gin_file={config}", f"--output_dir={killed}")
+  assert "report:" in out.stdout
+  assert open(os.path.join(full, "ledger.jsonl")).read() == open(os.path.join(killed, "ledger.jsonl")).read()
+  a = comparable(json.load(open(os.path.join(full, "report.json"))))
+  b = comparable(json.load(open(os.path.join(killed, "report.json"))))
+  assert a == b
+  assert [r["selected"] for r in a["rounds"]] == [5, 5, 0]
+
+
+def test_train_killed_mid_epoch_resumes_to_the_same_prompt(config, tmp_path):
+  out = str(tmp_path / "train")
+  run_until(["train", f"--gin_file={config}", f"--output_dir={out}"],
+            os.path.join(out, "round_0", "checkpoints", "1"))
+  assert not os.path.exists(os.path.join(out, "round_0", "metrics.json"))
+  gbair("train", f"--gin_file={config}", f"--output_dir={out}")
+  metrics = json.load(open(os.path.join(out, "round_0", "metrics.json")))
+  assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+  # Same prompt as an uninterrupted run of the same config (trained in-process here).
+  from gbair_jax import config as config_lib
+  from gbair_jax.train import checkpoints
+  from gbair_jax.train.experiment import build_experiment
+  from gbair_jax.train.trainer import train_prompt
+  config_lib.parse_gin([config])
+  exp = build_experiment()
+  fresh = train_prompt(exp.spec, exp.frozen, exp.tokenized_splits(), str(tmp_path / "fresh"),
+                       progress=False, tensorboard=False)
+  np.testing.assert_allclose(checkpoints.load_prompt(os.path.join(out, "round_0"), 3), fresh.prompt,
+                             rtol=1e-6, atol=1e-7)
+
+
+def test_different_config_is_refused_and_nothing_overwritten(config, tmp_path):
+  out = str(tmp_path / "run")
+  os.makedirs(out)
+  with open(os.path.join(out, "config.gin"), "w") as f:
+    f.write("# another run\n")
+  proc = gbair("train", f"--gin_file={config}", f"--output_dir={out}", check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith("gbair: error: ")
+  assert "different gin config" in proc.stderr
+  assert open(os.path.join(out, "config.gin")).read() == "# another run\n"
+  assert os.listdir(out) == ["config.gin"]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--gin.run.strategy='nope'", "strategy 'nope' is unknown"),
+    ("--gin.selection_size.select_count=1000", "select_count=1000"),
+    ("--gin.no_such_thing.x=1", "no_such_thing"),
+    ("--gin.CORRUPTION_RATE=1.5", "CORRUPTION_RATE"),
+])
+def test_bad_bindings_fail_with_one_line(config, tmp_path, flag, message, monkeypatch, capsys):
+  # In-process (the subprocess tests above cover the console script itself).
+  from gbair_jax import main
+  out = tmp_path / "bad"
+  monkeypatch.setattr(sys, "argv", ["gbair", "run", f"--gin_file={config}", f"--output_dir={out}", flag])
+  with pytest.raises(SystemExit) as exit_info:
+    main.run()
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("gbair: error:") and message in err[0], err
+  assert not (out / "ledger.jsonl").exists() and not (out / "round_0").exists()
+
+
+def test_missing_gin_file_names_it(tmp_path):
+  proc = gbair("train", "--gin_file=gin/runs/nope.gin", f"--output_dir={tmp_path}", check=False)
+  assert proc.returncode == 2
+  assert "gin/runs/nope.gin" in proc.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("script, args, expected", [
+    ("tpu_vm.sh", ["--name=pod", "--zone=z", "--gin_file=g.gin", "--output_dir=gs://b/r"],
+     ["tpu-vm create pod", "--worker=all", "gbair run --multihost --gin_file=g.gin"]),
+    ("gpu_multinode.sh", ["--hosts=n0,n1", "--gin_file=g.gin", "--output_dir=/o"],
+     ["ssh n0", "--process_id=0", "ssh n1", "--process_id=1", "--coordinator_address=n0:1234"]),
+    ("local.sh", ["--gin_file=g.gin", "--output_dir=o"], ["make venv", "gbair run --gin_file=g.gin"]),
+])
+def test_launch_scripts_dry_run_print_and_execute_nothing(script, args, expected):
+  proc = subprocess.run(["bash", os.path.join(REPO, "launch", script), *args, "--dry_run"],
+                        capture_output=True, text=True, timeout=30, env={**os.environ, "PATH": "/usr/bin:/bin"})
+  assert proc.returncode == 0, proc.stderr
+  for piece in expected:
+    assert piece in proc.stdout
+  assert all(line.startswith("+ ") for line in proc.stdout.strip().splitlines())
+
+
+def test_launch_script_rejects_missing_flag():
+  proc = subprocess.run(["bash", os.path.join(REPO, "launch", "tpu_vm.sh"), "--dry_run"],
+                        capture_output=True, text=True, timeout=30)
+  assert proc.returncode == 2 and "--name is required" in proc.stderr
