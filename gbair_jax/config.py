@@ -72,10 +72,6 @@ def import_configurables() -> None:
   # pylint: disable=g-import-not-at-top,unused-import
   import tasks  # noqa: F401  (SeqIO task registrations)
   from gbair_jax.data import dataset  # noqa: F401
-  from gbair_jax.models import bert, classifier, prompt  # noqa: F401
-  from gbair_jax.train import trainer  # noqa: F401
-  for optional in ("gbair_jax.models.t5", "gbair_jax.models.llama", "gbair_jax.recovery.loop"):
-    try:
-      __import__(optional)
-    except ImportError:  # a backbone still being written must not break the others
-      pass
+  from gbair_jax.models import bert, classifier, llama, partitioning, prompt, t5  # noqa: F401
+  from gbair_jax.recovery import loop  # noqa: F401
+  from gbair_jax.train import experiment, optimizer, trainer  # noqa: F401
