@@ -15,6 +15,11 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Rounds, references and resumed runs compile the same programs again: keep compiled XLA
+# programs on disk (set JAX_COMPILATION_CACHE_DIR to move it, or to "" to turn it off).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.expanduser("~"), ".cache", "gbair_jax", "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 from gbair_jax.errors import UserError  # noqa: E402
 

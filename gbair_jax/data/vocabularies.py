@@ -163,11 +163,14 @@ class WordPieceVocabulary(seqio.Vocabulary):
   def _tf_tokenizer(self) -> tf_text.BertTokenizer:
     # Lower-casing is done in `_normalize_tf`: tensorflow_text's own lower_case applies
     # NFKC case folding, which differs from BERT's str.lower() (e.g. "ß", ligatures).
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(
-            tf.constant(self._pieces), tf.range(len(self._pieces), dtype=tf.int64)), -1)
-    return tf_text.BertTokenizer(table, token_out_type=tf.int64, unknown_token="[UNK]",
-                                 max_bytes_per_word=_MAX_CHARS_PER_WORD, lower_case=False)
+    # init_scope: built eagerly even when first needed inside a tf.data map, so the cached
+    # table does not belong to (and die with) that map's graph.
+    with tf.init_scope():
+      table = tf.lookup.StaticHashTable(
+          tf.lookup.KeyValueTensorInitializer(
+              tf.constant(self._pieces), tf.range(len(self._pieces), dtype=tf.int64)), -1)
+      return tf_text.BertTokenizer(table, token_out_type=tf.int64, unknown_token="[UNK]",
+                                   max_bytes_per_word=_MAX_CHARS_PER_WORD, lower_case=False)
 
   @staticmethod
   def _normalize_tf(s: tf.Tensor) -> tf.Tensor:
