@@ -22,8 +22,9 @@ class Backbone(Protocol):
 
   `embed(tokens)`: int32 [B, T] -> float [B, T, D] token embeddings only (no positions:
     the soft prompt is concatenated in this space, before positions are added).
-  `score_classes(embeddings, mask, class_tokens, class_mask)`: rank classification.
-    embeddings [B, T, D] (prompt already prepended), mask [B, T] (1 = real token),
+  `score_classes(embeddings, mask, class_tokens, class_mask, prompt_length)`: rank
+    classification. embeddings [B, T, D] (the first `prompt_length` positions are the
+    soft prompt), mask [B, T] (1 = real token),
     class_tokens int32 [C, L] and class_mask [C, L] (the verbalizers, encoded by the
     bundle's `encode_classes`) -> float32 [B, C]; higher means more likely. Encoders
     return a scaled similarity, decoders the log-likelihood of each verbalizer.
@@ -34,8 +35,8 @@ class Backbone(Protocol):
 
   def embed(self, tokens: jax.Array) -> jax.Array: ...
 
-  def score_classes(self, embeddings: jax.Array, mask: jax.Array,
-                    class_tokens: jax.Array, class_mask: jax.Array) -> jax.Array: ...
+  def score_classes(self, embeddings: jax.Array, mask: jax.Array, class_tokens: jax.Array,
+                    class_mask: jax.Array, prompt_length: int = 0) -> jax.Array: ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,7 +40,8 @@ class PromptClassifier(nn.Module):
     prompt_mask = jnp.ones((mask.shape[0], self.prompt_length), mask.dtype)
     mask = jnp.concatenate([prompt_mask, mask], axis=1)
     return self.backbone.score_classes(embeddings, mask, jnp.asarray(self.class_tokens, jnp.int32),
-                                       jnp.asarray(self.class_mask, jnp.int32))
+                                       jnp.asarray(self.class_mask, jnp.int32),
+                                       prompt_length=self.prompt_length)
 
 
 @dataclasses.dataclass(frozen=True)

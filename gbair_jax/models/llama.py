@@ -245,8 +245,10 @@ class LlamaBackbone(nn.Module):
     return self._logits(last)
 
   def score_classes(self, embeddings: jax.Array, mask: jax.Array, class_tokens: jax.Array,
-                    class_mask: jax.Array) -> jax.Array:
+                    class_mask: jax.Array, prompt_length: int = 0) -> jax.Array:
     """Summed log-probability of each verbalizer right after each row's last real token.
+
+    `prompt_length` is unused: every position, prompt included, conditions the continuation.
 
     embeddings [B, T, D] right-padded by mask [B, T]; class_tokens / class_mask [C, L]
     (right-padded, first token real). Returns float32 [B, C].

@@ -359,8 +359,10 @@ class T5Backbone(nn.Module):
     return self.encoder(embeddings, mask)
 
   def score_classes(self, embeddings: jax.Array, mask: jax.Array, class_tokens: jax.Array,
-                    class_mask: jax.Array) -> jax.Array:
+                    class_mask: jax.Array, prompt_length: int = 0) -> jax.Array:
     """Summed log-likelihood of each verbalizer: float32 [B, C].
+
+    `prompt_length` is unused: the decoder attends to every encoder output, prompt included.
 
     The encoder runs once per example; the decoder scores all C verbalizers of an
     example in one pass, teacher-forced on `shift_right(class_tokens)`.
