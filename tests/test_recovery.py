@@ -126,3 +126,23 @@ def test_other_strategies_run_one_round(experiment, tmp_path, strategy):
                     references=(), experiment=experiment, progress=False)
   assert 0 <= report["rounds"][0]["selected"] <= 6
   assert report["rounds"][1]["num_train"] == 64 - report["rounds"][0]["selected"]
+
+
+def test_opposition_loss_ranks_examples_strong_on_both_signals_first():
+  from gbair_jax.recovery.tracin_strategies import _ranks, _tiebreak
+  opposition = np.array([5.0, 0.0, 4.0, 1.0])  # -negative influence
+  loss = np.array([0.1, 3.0, 2.0, 0.2])
+  combined = _tiebreak(_ranks(opposition) + _ranks(loss), loss)
+  # Example 2 is second on both signals: it beats 0 (opposes most, lowest loss) and 1.
+  assert int(np.argmax(combined)) == 2
+  np.testing.assert_array_equal(_ranks(np.array([3.0, 1.0, 2.0])), [2, 0, 1])
+  # Ties on the primary key are broken by the secondary one, never reordering primaries.
+  assert list(np.argsort(-_tiebreak(np.array([1.0, 1.0, 0.0]), np.array([0.0, 9.0, 99.0])))) == [1, 0, 2]
+
+
+@pytest.mark.parametrize("aggregation", ["count", "sum_negative", "count_loss"])
+def test_every_tracin_aggregation_selects(experiment, tmp_path, aggregation):
+  gin.parse_config(f"tracin_opponents.aggregation = '{aggregation}'")
+  report = loop.run(str(tmp_path / aggregation), num_rounds=1, references=(),
+                    experiment=experiment, progress=False)
+  assert report["strategy"] == "tracin_opponents" and report["rounds"][0]["selected"] > 0

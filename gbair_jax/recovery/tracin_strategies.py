@@ -8,6 +8,9 @@ from the right answer (an opponent). Aggregations over queries:
   sum_negative  minus the summed negative influence over all queries;
   count_loss    count, ties broken by the example's training loss (label-aware: an
                 opponent the model also finds implausible is the likelier mislabel).
+  opposition_loss (default) rank of summed negative influence + rank of training loss:
+                an example that both opposes the misclassified queries and is implausible
+                at its own label. The best variant we measured (docs/BENCHMARKS.md).
 `normalize=True` uses cosine instead of raw dot products (cosine TracIn).
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery.strategies import current_label_losses, register
 from gbair_jax.train import batches as batches_lib
 
-AGGREGATIONS = ("count", "sum_negative", "count_loss")
+AGGREGATIONS = ("opposition_loss", "count", "sum_negative", "count_loss")
 
 
 def _in_train_order(ctx: RoundContext, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -34,15 +37,19 @@ def _train_batches(ctx: RoundContext):
   return batches_lib.iterate_batches(ctx.train, ctx.batch_size)
 
 
+def _ranks(values: np.ndarray) -> np.ndarray:
+  """0 for the smallest value, N - 1 for the largest (stable on ties)."""
+  return np.argsort(np.argsort(values, kind="stable"), kind="stable").astype(np.float64)
+
+
 def _tiebreak(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
   """Orders by `primary`, then `secondary`, as one float (secondary squashed into [0, 1))."""
-  order = np.argsort(np.argsort(secondary, kind="stable"), kind="stable")
-  return primary + order / (len(order) + 1.0)
+  return primary + _ranks(secondary) / (len(secondary) + 1.0)
 
 
 @register("tracin_opponents")
 @gin.configurable(denylist=["ctx"])
-def tracin_opponents(ctx: RoundContext, aggregation: str = "count", top_k: int = 50,
+def tracin_opponents(ctx: RoundContext, aggregation: str = "opposition_loss", top_k: int = 50,
                      normalize: bool = False, projection_dim: int | None = None,
                      projection_seed: int = 0) -> np.ndarray:
   """G-BAIR: training examples that oppose the correct label of misclassified queries."""
@@ -63,6 +70,9 @@ def tracin_opponents(ctx: RoundContext, aggregation: str = "count", top_k: int =
   negative = _in_train_order(ctx, result.example_ids, result.negative_influence)
   if aggregation == "sum_negative":
     return -negative
+  if aggregation == "opposition_loss":
+    loss = current_label_losses(ctx)
+    return _tiebreak(_ranks(-negative) + _ranks(loss), loss)
   count = _in_train_order(ctx, result.example_ids, result.opponent_count)
   secondary = -negative if aggregation == "count" else current_label_losses(ctx)
   scores = _tiebreak(count, secondary)
