@@ -174,3 +174,16 @@ def test_launch_script_rejects_missing_flag():
   proc = subprocess.run(["bash", os.path.join(REPO, "launch", "tpu_vm.sh"), "--dry_run"],
                         capture_output=True, text=True, timeout=30)
   assert proc.returncode == 2 and "--name is required" in proc.stderr
+
+
+@pytest.mark.parametrize("gin_file", sorted(
+    f for f in os.listdir(os.path.join(REPO, "gin", "runs")) if f.endswith(".gin")))
+def test_every_run_config_parses(gin_file):
+  """Run configs (paper-scale ones included) name only real configurables and files."""
+  import gin as gin_lib
+  from gbair_jax import config as config_lib
+  try:
+    config_lib.parse_gin([os.path.join("gin", "runs", gin_file)])
+    assert "run.num_rounds" in gin_lib.config_str() or "train_prompt" in gin_lib.config_str()
+  finally:
+    gin_lib.clear_config()
