@@ -12,3 +12,14 @@ import tempfile  # noqa: E402
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="gbair_jax_xla_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import gin  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  """Every test starts and ends with an empty gin config (gin state is process-global)."""
+  gin.clear_config()
+  yield
+  gin.clear_config()

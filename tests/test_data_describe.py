@@ -12,13 +12,6 @@ from gbair_jax.data.dataset import LabeledData
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def _split(labels, corrupted=()):
   n = len(labels)
   is_corrupted = np.zeros(n, bool)

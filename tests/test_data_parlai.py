@@ -17,13 +17,6 @@ import tasks  # noqa: F401  (registers before a gin file locks the config)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def _message(text, label):
   return {"text": text, "labels": [label], "episode_done": True}
 

@@ -16,13 +16,6 @@ from gbair_jax.data import table_files
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 @pytest.fixture(scope="module")
 def insults():
   gin.clear_config()

@@ -15,6 +15,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from gbair_jax.data import table_files
 from gbair_jax.errors import UserError
 
 FILE_NAME = "ledger.jsonl"
@@ -78,13 +79,7 @@ def read_ledger(path: str) -> list[LedgerEntry]:
   """The entries in file order; a missing file is an empty ledger (a fresh run)."""
   if not os.path.exists(path):
     return []
-  with open(path, "rb") as f:
-    data = f.read()
-  try:
-    text = data.decode("utf-8")
-  except UnicodeDecodeError as e:
-    line = data.count(b"\n", 0, e.start) + 1
-    raise UserError(f"{path}, line {line}: bytes that are not UTF-8") from None
+  text = table_files.read_text(path)
   entries = []
   for line_number, line in enumerate(text.split("\n"), start=1):
     if line.strip():
