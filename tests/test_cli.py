@@ -187,3 +187,20 @@ def test_every_run_config_parses(gin_file):
     assert "run.num_rounds" in gin_lib.config_str() or "train_prompt" in gin_lib.config_str()
   finally:
     gin_lib.clear_config()
+
+
+def test_compare_runs_each_strategy_on_the_same_round_zero(config, tmp_path):
+  from gbair_jax import config as config_lib
+  from gbair_jax.recovery import compare
+  config_lib.parse_gin([config], ["run.num_rounds = 1", "train_prompt.tensorboard = False",
+                                  "run.progress = False"])
+  out = str(tmp_path / "compare")
+  results = compare.compare(out, ["loss", "random"])
+  assert set(results) == {"loss", "random"}
+  # Round 0 is shared: same test metrics; the strategies then pick different examples.
+  assert results["loss"]["rounds"][0]["test"] == results["random"]["rounds"][0]["test"]
+  ledgers = [open(os.path.join(out, s, "ledger.jsonl")).read() for s in ("loss", "random")]
+  assert ledgers[0] != ledgers[1]
+  table = open(os.path.join(out, "comparison.md")).read()
+  assert "| loss |" in table and "| random |" in table and "clean reference" in table
+  assert os.path.getsize(os.path.join(out, "comparison.png")) > 0

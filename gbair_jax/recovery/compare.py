@@ -47,7 +47,7 @@ def compare(output_dir: str, strategies: list[str]) -> dict[str, dict]:
                  f"{final['test']['f1']:.3f}", "-" if share is None else f"{share:.2f}"])
   header = ("strategy", "changed", "precision", "corrupted left", "round-0 auc", "final auc",
             "final acc", "final f1", "recovered share of lost auc")
-  table = writer._markdown_table(header, rows)  # pylint: disable=protected-access
+  table = writer.markdown_table(header, rows)
   if clean:
     table += (f"\n\nclean reference: test auc {clean['test']['auc']:.3f}, accuracy "
               f"{clean['test']['accuracy']:.3f}, f1 {clean['test']['f1']:.3f}")

@@ -49,7 +49,7 @@ def format_round(r: dict) -> str:
   return "  ".join(f"{k}={v}" for k, v in zip(ROUND_COLUMNS, _round_cells(r)))
 
 
-def _markdown_table(header, rows) -> str:
+def markdown_table(header, rows) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(row) + " |" for row in rows]
   return "\n".join(lines)
@@ -57,11 +57,11 @@ def _markdown_table(header, rows) -> str:
 
 def format_table(report: dict) -> str:
   """The per-round table, then the references, as markdown (also readable on a console)."""
-  table = _markdown_table(ROUND_COLUMNS, [_round_cells(r) for r in report["rounds"]])
+  table = markdown_table(ROUND_COLUMNS, [_round_cells(r) for r in report["rounds"]])
   refs = [[name, _fmt(ref["test"].get("accuracy")), _fmt(ref["test"].get("f1")),
            _fmt(ref["test"].get("auc"))] for name, ref in report.get("references", {}).items()]
   if refs:
-    table += "\n\n" + _markdown_table(("reference", "test acc", "test f1", "test auc"), refs)
+    table += "\n\n" + markdown_table(("reference", "test acc", "test f1", "test auc"), refs)
   return table
 
 
