@@ -21,3 +21,15 @@ def synthetic_split(num: int, seed: int, id_offset: int = 0, corrupt: int = 0) -
   return {"example_id": np.arange(id_offset, id_offset + num, dtype=np.int64),
           "text": np.array(texts, dtype=object), "label": label, "original_label": labels,
           "is_corrupted": np.arange(num) < corrupt}
+
+
+def logistic_loss(prompt, frozen, batch, per_example_prompt=None):
+  """Logistic regression behind the TracIn engine's loss contract (weights = prompt), whose
+  gradients are known in closed form: (sigmoid(w.x + b) - y) x."""
+  import jax  # pylint: disable=g-import-not-at-top  (keeps helpers importable without JAX)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x = batch["features"]
+  weights = (prompt.reshape(1, -1) if per_example_prompt is None
+             else per_example_prompt.reshape(x.shape[0], -1))
+  logits = jnp.sum(x * weights, axis=1) + frozen["bias"]
+  return jax.nn.softplus(logits) - batch["label"].astype(jnp.float32) * logits

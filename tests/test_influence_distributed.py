@@ -11,19 +11,14 @@ import sys
 import numpy as np
 import pytest
 
+# This file also runs as a worker script: make the repo root importable there too.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import logistic_loss  # noqa: E402  pylint: disable=g-import-not-at-top
+
 NUM_PROCESSES = 2
 TIMEOUT_S = 150
 
 
-def logistic_loss(prompt, frozen, batch, per_example_prompt=None):
-  """Logistic regression behind the engine's loss contract (weights = prompt)."""
-  import jax
-  import jax.numpy as jnp
-  x = batch["features"]
-  weights = (prompt.reshape(1, -1) if per_example_prompt is None
-             else per_example_prompt.reshape(x.shape[0], -1))
-  logits = jnp.sum(x * weights, axis=1) + frozen["bias"]
-  return jax.nn.softplus(logits) - batch["label"].astype(jnp.float32) * logits
 
 
 def make_problem():

@@ -10,6 +10,7 @@ import pytest
 
 from gbair_jax.influence import per_example_grads as grads_lib
 from gbair_jax.influence.projection import RandomProjection
+from tests.helpers import logistic_loss
 
 PROMPT_LENGTH, TOKENS, WIDTH, VOCAB = 3, 5, 8, 11
 
@@ -58,12 +59,6 @@ def naive_grads(loss_fn, prompt, frozen, batch):
   return np.stack(rows)
 
 
-def logistic_loss(prompt, frozen, batch, per_example_prompt=None):
-  x = batch["features"]
-  weights = (prompt.reshape(1, -1) if per_example_prompt is None
-             else per_example_prompt.reshape(x.shape[0], -1))
-  logits = jnp.sum(x * weights, axis=1) + frozen["bias"]
-  return jax.nn.softplus(logits) - batch["label"].astype(jnp.float32) * logits
 
 
 @pytest.mark.parametrize("method", grads_lib.METHODS)

@@ -11,16 +11,11 @@ import pytest
 from gbair_jax.errors import UserError
 from gbair_jax.influence import tracin
 from gbair_jax.influence.projection import RandomProjection
+from tests.helpers import logistic_loss
 
 FEATURES, BIAS = 12, 0.25  # prompt [3, 4] flattens to the 12 logistic weights
 
 
-def logistic_loss(prompt, frozen, batch, per_example_prompt=None):
-  x = batch["features"]
-  weights = (prompt.reshape(1, -1) if per_example_prompt is None
-             else per_example_prompt.reshape(x.shape[0], -1))
-  logits = jnp.sum(x * weights, axis=1) + frozen["bias"]
-  return jax.nn.softplus(logits) - batch["label"].astype(jnp.float32) * logits
 
 
 def make_examples(count, seed, first_id=0):
