@@ -61,6 +61,6 @@ def examples_per_second(fn, examples_per_call: int, steps: int, repeats: int) ->
 def machine() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   return {"platform": jax.devices()[0].platform, "device": str(jax.devices()[0].device_kind),
-          "cpu_count": os.cpu_count(), "median_of": "best repeat"}
+          "cpu_count": os.cpu_count(), "rate_is": "best of the timed repeats"}
 
 
