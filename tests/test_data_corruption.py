@@ -131,6 +131,7 @@ def test_train_subset_is_seeded_and_corrupted_exactly():
     gin.parse_config("corrupt_labels.rate = 0.3")
     first = load_data(task="insults", max_train_examples=500)
     again = load_data(task="insults", max_train_examples=500)
+    small_test = load_data(task="insults", max_test_examples=300)
   finally:
     gin.clear_config()
   train = first.splits["train"]
@@ -138,3 +139,6 @@ def test_train_subset_is_seeded_and_corrupted_exactly():
   assert train["is_corrupted"].sum() == 150
   np.testing.assert_array_equal(train["example_id"], again.splits["train"]["example_id"])
   assert len(first.splits["test"]["label"]) == 2647  # other splits untouched
+  test = small_test.splits["test"]
+  assert len(test["label"]) == 300 and set(test["example_id"]) < set(first.splits["test"]["example_id"])
+  assert len(small_test.splits["train"]["label"]) == 3552 and not test["is_corrupted"].any()

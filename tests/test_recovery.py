@@ -140,9 +140,25 @@ def test_opposition_loss_ranks_examples_strong_on_both_signals_first():
   assert list(np.argsort(-_tiebreak(np.array([1.0, 1.0, 0.0]), np.array([0.0, 9.0, 99.0])))) == [1, 0, 2]
 
 
-@pytest.mark.parametrize("aggregation", ["count", "sum_negative", "count_loss"])
-def test_every_tracin_aggregation_selects(experiment, tmp_path, aggregation):
-  gin.parse_config(f"tracin_opponents.aggregation = '{aggregation}'")
+def test_net_opposition_is_direction_times_residual():
+  from gbair_jax.recovery.tracin_strategies import net_opposition
+  mean = np.array([-2.0, -2.0, 1.0, -1.0])
+  self_influence = np.array([4.0, 16.0, 1.0, 1.0])  # example 1: same push, twice the norm
+  losses = -np.log(np.array([0.1, 0.1, 0.1, 0.9]))    # p(label): implausible, ..., plausible
+  scores = net_opposition(mean, self_influence, losses)
+  np.testing.assert_allclose(scores, [0.9, 0.45, -0.9, 0.1])
+  # Growing an example's gradient (mean influence x s, self-influence x s^2) changes nothing.
+  np.testing.assert_allclose(net_opposition(mean * 3, self_influence * 9, losses), scores)
+  # Cosine scores are not divided again.
+  np.testing.assert_allclose(net_opposition(mean, None, losses), [1.8, 1.8, -0.9, 0.1])
+
+
+@pytest.mark.parametrize("aggregation,queries", [
+    ("count", "validation"), ("sum_negative", "misclassified"), ("count_loss", "validation"),
+    ("opposition_loss", "misclassified"), ("net_opposition", "misclassified")])
+def test_every_tracin_aggregation_selects(experiment, tmp_path, aggregation, queries):
+  gin.parse_config(f"tracin_opponents.aggregation = '{aggregation}'\n"
+                   f"tracin_opponents.queries = '{queries}'")
   report = loop.run(str(tmp_path / aggregation), num_rounds=1, references=(),
                     experiment=experiment, progress=False)
   assert report["strategy"] == "tracin_opponents" and report["rounds"][0]["selected"] > 0

@@ -96,3 +96,36 @@ def test_metrics_against_hand_computed_values():
   assert m["auc"] == pytest.approx(0.5)
   assert binary_auc(np.array([0.1, 0.2, 0.3]), np.array([0, 1, 1])) == 1.0
   assert binary_auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+
+
+def test_length_sorted_trimmed_batches_keep_every_token():
+  mask = np.zeros((7, 40), np.int32)
+  for row, length in enumerate([40, 3, 17, 9, 1, 30, 16]):
+    mask[row, :length] = 1
+  arrays = {"tokens": mask * 5, "mask": mask, "label": np.zeros(7, np.int32),
+            "example_id": np.arange(7)}
+  order = batches.length_order(arrays)
+  np.testing.assert_array_equal(order, [4, 1, 3, 6, 2, 5, 0])
+  widths, seen = [], []
+  for batch in batches.iterate_batches(arrays, 3, order, trim_multiple=16):
+    widths.append(batch["mask"].shape[1])
+    kept = batch["mask"][batch["valid"]].sum(1)
+    np.testing.assert_array_equal(kept, mask[batch["example_id"][batch["valid"]]].sum(1))
+    seen.extend(batch["example_id"][batch["valid"]])
+  assert widths == [16, 32, 40] and sorted(seen) == list(range(7))
+
+
+def test_predict_logits_with_trimmed_padding_equals_full_width(setup):
+  from gbair_jax.train.trainer import make_logits_fn, predict_logits
+  spec, frozen, _ = setup
+  backbone = tiny_bert()
+  rng = np.random.default_rng(3)
+  texts = [" ".join(rng.choice(["good", "bad", "movie", "the"], n)) for n in rng.integers(1, 30, 24)]
+  split = batches.tokenize_split({"text": np.array(texts, object), "label": np.zeros(24, np.int32),
+                                  "example_id": np.arange(24)}, backbone, 40)
+  prompt = spec.initial_prompt(jax.random.PRNGKey(0), frozen)
+  full = np.asarray(make_logits_fn(spec)(prompt, frozen, split["tokens"], split["mask"]))
+  trimmed = predict_logits(spec, prompt, frozen, split, batch_size=8)
+  assert len({int(m) for m in split["mask"].sum(1)}) > 5  # lengths really differ
+  np.testing.assert_allclose(trimmed, full, rtol=1e-5, atol=1e-5)
+

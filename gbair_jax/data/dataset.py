@@ -42,7 +42,8 @@ class LabeledData:
 
 @gin.configurable
 def load_data(task: str = gin.REQUIRED, task_module: str | None = "tasks",
-              max_train_examples: int | None = None, subset_seed: int = 0) -> LabeledData:
+              max_train_examples: int | None = None, subset_seed: int = 0,
+              max_test_examples: int | None = None) -> LabeledData:
   """Runs the SeqIO task `task` and applies label corruption to its training split.
 
   Args:
@@ -52,6 +53,8 @@ def load_data(task: str = gin.REQUIRED, task_module: str | None = "tasks",
     max_train_examples: keep only this many training examples (a seeded subset chosen by
       example id, before corruption), for quick CPU runs; None keeps all.
     subset_seed: which subset.
+    max_test_examples: evaluate on a seeded subset of the test split (slow backbones on a
+      CPU, where scoring thousands of test texts per round dominates); None keeps all.
 
   Returns:
     The three splits; exactly round(CORRUPTION_RATE x N_train) training labels differ
@@ -65,18 +68,20 @@ def load_data(task: str = gin.REQUIRED, task_module: str | None = "tasks",
         sequence_length=None, split=split, shuffle=False, use_cached=False, num_epochs=1)
     if split == "train":
       if max_train_examples is not None:
-        dataset = _subset(dataset, max_train_examples, subset_seed)
+        dataset = _subset(dataset, max_train_examples, subset_seed, "max_train_examples")
       dataset = corruption.corrupt_labels(dataset, num_classes=len(label_names))
+    if split == "test" and max_test_examples is not None:
+      dataset = _subset(dataset, max_test_examples, subset_seed, "max_test_examples")
     splits[split] = tf_columns.from_dataset(dataset)
   _check_labels(task, label_names, splits)
   return LabeledData(task=task, label_names=label_names, splits=splits)
 
 
-def _subset(dataset, max_examples: int, seed: int):
+def _subset(dataset, max_examples: int, seed: int, binding: str):
   """The `max_examples` examples with the smallest seeded id hashes (order-independent)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-    raise UserError(f"load_data.max_train_examples = {max_examples!r}: must be an integer >= 1")
+    raise UserError(f"load_data.{binding} = {max_examples!r}: must be an integer >= 1")
   ids = tf_columns.from_dataset(dataset.map(lambda ex: {"example_id": ex["example_id"]}))["example_id"]
   keep = ids[np.argsort(ids_lib.seeded_hash(ids, seed, salt="train/subset"), kind="stable")[:max_examples]]
   table = tf.lookup.StaticHashTable(

@@ -1,21 +1,29 @@
 """G-BAIR's TracIn strategies: `tracin_opponents` and `self_influence`.
 
-Queries are the validation examples the model gets wrong, scored at their correct label;
-a training example whose TracIn score on such a query is negative pushed the model away
-from the right answer (an opponent). Aggregations over queries:
+Queries are validation examples scored at their correct (never corrupted) label:
+`queries="misclassified"` takes only those the model gets wrong (the paper's G-BAIR),
+`queries="validation"` (default) takes all of them. A training example whose TracIn score on
+a query is negative pushed the model away from the right answer (an opponent).
+Aggregations over queries:
+  net_opposition (default) minus the net influence summed over the queries, divided by the
+                example's own gradient norm (direction, not size), times its residual
+                1 - p(label) at the final prompt (label-aware: an example that pushes the
+                model away from the clean validation labels and that the model finds
+                implausible at its own label is the likelier mislabel);
   count         number of queries whose top-k opponents hold the example (ties broken by
                 summed negative influence);
   sum_negative  minus the summed negative influence over all queries;
-  count_loss    count, ties broken by the example's training loss (label-aware: an
-                opponent the model also finds implausible is the likelier mislabel).
-  opposition_loss (default) rank of summed negative influence + rank of training loss:
-                an example that both opposes the misclassified queries and is implausible
-                at its own label. The best variant we measured (docs/BENCHMARKS.md).
-`normalize=True` uses cosine instead of raw dot products (cosine TracIn).
+  count_loss    count, ties broken by the example's training loss;
+  opposition_loss rank of summed negative influence + rank of training loss.
+Why all validation queries by default: the misclassified ones mostly belong to the class the
+model currently under-predicts, so their opponents are only one kind of flipped label; the
+correctly classified majority is what the other kind opposes (docs/BENCHMARKS.md has the
+measurements). `normalize=True` uses cosine instead of raw dot products (cosine TracIn).
 """
 from __future__ import annotations
 
 import gin
+import jax
 import numpy as np
 
 from gbair_jax.errors import UserError
@@ -25,7 +33,8 @@ from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery.strategies import current_label_losses, register
 from gbair_jax.train import batches as batches_lib
 
-AGGREGATIONS = ("opposition_loss", "count", "sum_negative", "count_loss")
+AGGREGATIONS = ("net_opposition", "count", "sum_negative", "count_loss", "opposition_loss")
+QUERY_SETS = ("validation", "misclassified")
 
 
 def _in_train_order(ctx: RoundContext, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -33,8 +42,13 @@ def _in_train_order(ctx: RoundContext, ids: np.ndarray, values: np.ndarray) -> n
   return np.array([values[position[int(i)]] for i in ctx.train["example_id"]], np.float64)
 
 
-def _train_batches(ctx: RoundContext):
-  return batches_lib.iterate_batches(ctx.train, ctx.batch_size)
+def _batches(ctx: RoundContext, arrays: dict[str, np.ndarray]):
+  """Scores are keyed by example id, so one process may run shortest texts first with
+  trimmed padding; several processes keep one shape so their batches assemble."""
+  if jax.process_count() > 1:
+    return batches_lib.iterate_batches(arrays, ctx.batch_size)
+  return batches_lib.iterate_batches(arrays, ctx.batch_size, batches_lib.length_order(arrays),
+                                     trim_multiple=batches_lib.TRIM_MULTIPLE)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -47,27 +61,49 @@ def _tiebreak(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
   return primary + _ranks(secondary) / (len(secondary) + 1.0)
 
 
+def net_opposition(mean_influence: np.ndarray, self_influence: np.ndarray | None,
+                   losses: np.ndarray) -> np.ndarray:
+  """-(mean TracIn over queries) / |gradient| x (1 - p(label)): see the module docstring.
+
+  Dividing by sqrt(self-influence) (= the lr-weighted gradient norm over checkpoints) keeps
+  how strongly the example's gradient points against the queries, not how large it is;
+  the residual puts back the one size that matters, how implausible its label is.
+  """
+  opposition = -mean_influence
+  if self_influence is not None:
+    opposition = opposition / np.sqrt(np.maximum(self_influence, 1e-30))
+  return opposition * (1.0 - np.exp(-losses))
+
+
 @register("tracin_opponents")
 @gin.configurable(denylist=["ctx"])
-def tracin_opponents(ctx: RoundContext, aggregation: str = "opposition_loss", top_k: int = 50,
-                     normalize: bool = False, projection_dim: int | None = None,
-                     projection_seed: int = 0) -> np.ndarray:
-  """G-BAIR: training examples that oppose the correct label of misclassified queries."""
+def tracin_opponents(ctx: RoundContext, aggregation: str = "net_opposition",
+                     queries: str = "validation", top_k: int = 50, normalize: bool = False,
+                     projection_dim: int | None = None, projection_seed: int = 0) -> np.ndarray:
+  """G-BAIR: training examples that oppose the correct labels of validation queries."""
   if aggregation not in AGGREGATIONS:
     raise UserError(f"tracin_opponents.aggregation='{aggregation}' is unknown "
                     f"(expected one of {', '.join(AGGREGATIONS)})")
-  queries = ctx.misclassified
+  if queries not in QUERY_SETS:
+    raise UserError(f"tracin_opponents.queries='{queries}' is unknown "
+                    f"(expected one of {', '.join(QUERY_SETS)})")
+  query_set = ctx.misclassified if queries == "misclassified" else ctx.validation
   num = len(ctx.train["label"])
-  if len(queries["label"]) == 0:
+  if len(ctx.misclassified["label"]) == 0:
     return np.full(num, -np.inf)  # nothing misclassified: nothing to recover from
   projection = (RandomProjection(dim=projection_dim, seed=projection_seed)
                 if projection_dim else None)
   options = tracin.GradientOptions(normalize=normalize, projection=projection)
   result = tracin.tracin_scores(
-      ctx.spec.example_losses, ctx.checkpoints, ctx.frozen, _train_batches(ctx),
-      batches_lib.iterate_batches(queries, ctx.batch_size), options=options,
+      ctx.spec.example_losses, ctx.checkpoints, ctx.frozen, _batches(ctx, ctx.train),
+      _batches(ctx, query_set), options=options,
       top_k=min(top_k, num), progress=ctx.progress)
   negative = _in_train_order(ctx, result.example_ids, result.negative_influence)
+  if aggregation == "net_opposition":
+    self_influence = (None if normalize else  # cosine scores are already per unit gradient
+                      _in_train_order(ctx, result.example_ids, result.self_influence))
+    return net_opposition(_in_train_order(ctx, result.example_ids, result.mean_influence),
+                          self_influence, current_label_losses(ctx))
   if aggregation == "sum_negative":
     return -negative
   if aggregation == "opposition_loss":
@@ -84,5 +120,5 @@ def tracin_opponents(ctx: RoundContext, aggregation: str = "opposition_loss", to
 def self_influence_strategy(ctx: RoundContext) -> np.ndarray:
   """TracIn(z, z): examples that most reduce their own loss when trained on (memorised)."""
   ids, scores = tracin.self_influence(ctx.spec.example_losses, ctx.checkpoints, ctx.frozen,
-                                      _train_batches(ctx), progress=ctx.progress)
+                                      _batches(ctx, ctx.train), progress=ctx.progress)
   return _in_train_order(ctx, ids, scores)

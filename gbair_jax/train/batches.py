@@ -25,6 +25,7 @@ def tokenize_split(split: Arrays, backbone: PretrainedBackbone, length: int) -> 
 
 
 MODEL_KEYS = ("tokens", "mask", "label", "example_id")
+TRIM_MULTIPLE = 16  # order-free passes trim padding to a multiple of this (iterate_batches)
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -32,8 +33,16 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def iterate_batches(arrays: Arrays, batch_size: int, order: np.ndarray | None = None,
-                    keys: tuple[str, ...] = MODEL_KEYS) -> Iterator[dict[str, np.ndarray]]:
-  """Yields dicts of `keys` [batch_size, ...] plus `valid` (False on padding rows)."""
+                    keys: tuple[str, ...] = MODEL_KEYS,
+                    trim_multiple: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Yields dicts of `keys` [batch_size, ...] plus `valid` (False on padding rows).
+
+  `trim_multiple`: cut `tokens`/`mask` to the batch's longest row rounded up to a multiple
+  of this (texts are right-padded, so the cut columns are padding every row shares). Pair it
+  with `length_order` in passes whose result does not depend on order (evaluation, TracIn
+  scoring): short texts then stop paying for the padding of long ones, at the cost of one
+  compile per distinct width (at most length / trim_multiple).
+  """
   num = len(arrays["label"])
   order = np.arange(num) if order is None else order
   for start in range(0, num, batch_size):
@@ -43,7 +52,18 @@ def iterate_batches(arrays: Arrays, batch_size: int, order: np.ndarray | None = 
     padded = np.concatenate([index, np.full(pad, index[0], index.dtype)]) if pad else index
     batch = {k: arrays[k][padded] for k in keys}
     batch["valid"] = np.arange(batch_size) < len(index)
+    if trim_multiple and "mask" in batch:
+      longest = max(int(batch["mask"].sum(1).max()), 1)
+      width = min(-(-longest // trim_multiple) * trim_multiple, batch["mask"].shape[1])
+      for key in ("tokens", "mask"):
+        if key in batch:
+          batch[key] = batch[key][:, :width]
     yield batch
+
+
+def length_order(arrays: Arrays) -> np.ndarray:
+  """Example indices from the shortest text to the longest (stable)."""
+  return np.argsort(arrays["mask"].sum(1), kind="stable")
 
 
 def num_batches(num_examples: int, batch_size: int) -> int:

@@ -70,13 +70,20 @@ def make_logits_fn(spec: ClassifierSpec):
 
 def predict_logits(spec: ClassifierSpec, prompt, frozen: Params, arrays: Arrays,
                    batch_size: int = 64, logits_fn=None) -> np.ndarray:
-  """Logits [N, C] for a whole split, in fixed-size batches."""
+  """Logits [N, C] for a whole split, in the split's order. Runs shortest texts first with
+  trimmed padding (batches.length_order): the same logits, less compute."""
   logits_fn = logits_fn or make_logits_fn(spec)
+  order = batches_lib.length_order(arrays)
   out = []
-  for batch in batches_lib.iterate_batches(arrays, batch_size, keys=("tokens", "mask", "label")):
+  for batch in batches_lib.iterate_batches(arrays, batch_size, order, keys=("tokens", "mask"),
+                                           trim_multiple=batches_lib.TRIM_MULTIPLE):
     logits = np.asarray(logits_fn(prompt, frozen, batch["tokens"], batch["mask"]))
     out.append(logits[batch["valid"]])
-  return np.concatenate(out) if out else np.zeros((0, len(spec.label_names)), np.float32)
+  if not out:
+    return np.zeros((0, len(spec.label_names)), np.float32)
+  logits = np.empty((len(order), out[0].shape[1]), out[0].dtype)
+  logits[order] = np.concatenate(out)
+  return logits
 
 
 def evaluate(spec, prompt, frozen, arrays: Arrays, batch_size: int = 64, logits_fn=None) -> dict:
