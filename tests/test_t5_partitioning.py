@@ -133,3 +133,33 @@ def test_parameter_without_a_rule_is_an_error(tiny):
   with pytest.raises(ValueError, match="encoder/adapter/kernel"):
     partitioning.partition_specs({**params, "encoder": {**params["encoder"],
                                                         "adapter": {"kernel": np.zeros((2, 2))}}})
+
+
+def test_build_experiment_partitions_frozen_weights_and_training_matches(tmp_path):
+  """The gin switch the paper-scale configs use: weights land on the mesh, and a training
+  epoch on them ends with the prompt an unpartitioned run ends with."""
+  import gin
+  from gbair_jax import config
+  from gbair_jax.errors import UserError
+  from gbair_jax.train.experiment import build_experiment
+  from gbair_jax.train.trainer import train_prompt
+  prompts = {}
+  for partition in (False, True):
+    gin.clear_config()
+    config.parse_gin(["gin/models/t5_tiny.gin", "gin/data/insults.gin"], [
+        "load_data.max_train_examples = 24", "load_data.max_test_examples = 8",
+        f"build_experiment.partition_frozen = {partition}", "build_experiment.sequence_length = 8",
+        "partitioning.make_mesh.model_parallelism = 4", "train_prompt.tensorboard = False"])
+    exp = build_experiment()
+    kernel = exp.frozen["encoder"]["layers_0"]["attention"]["query"]["kernel"]
+    if partition:
+      assert kernel.sharding.spec == P(None, "model") and len(kernel.sharding.device_set) == 8
+    splits = {k: v for k, v in exp.tokenized_splits().items() if k != "validation"}
+    prompts[partition] = train_prompt(exp.spec, exp.frozen, splits, str(tmp_path / str(partition)),
+                                      num_epochs=1, batch_size=8, progress=False).prompt
+  np.testing.assert_allclose(prompts[True], prompts[False], rtol=2e-4, atol=2e-5)
+  gin.clear_config()
+  config.parse_gin(["gin/models/minilm.gin", "gin/data/insults.gin"], [
+      "load_data.max_train_examples = 8", "build_experiment.partition_frozen = True"])
+  with pytest.raises(UserError, match="build_experiment.partition_frozen: no sharding rule matches parameter"):
+    build_experiment()

@@ -33,14 +33,25 @@ class Experiment:
 
 
 @gin.configurable
-def build_experiment(sequence_length: int = 64) -> Experiment:
+def build_experiment(sequence_length: int = 64, partition_frozen: bool = False) -> Experiment:
   """Loads the gin-configured task and backbone. `sequence_length` counts text tokens
-  (special tokens included), not the prompt."""
+  (special tokens included), not the prompt.
+
+  `partition_frozen=True` splits the frozen weights over a ('data', 'model') mesh with the
+  T5X-style rules of models/partitioning.py (mesh shape: `partitioning.make_mesh`), for
+  backbones too large for one device (T5 XL / XXL); jit then runs the model with GSPMD.
+  """
   if sequence_length < 4:
     raise UserError(f"build_experiment.sequence_length must be >= 4, got {sequence_length}")
   data = load_data()
   spec = build_classifier(label_names=data.label_names)
   frozen = spec.backbone.load_params()
+  if partition_frozen:
+    from gbair_jax.models import partitioning  # pylint: disable=g-import-not-at-top
+    try:
+      frozen = partitioning.place_params(frozen, partitioning.make_mesh())
+    except ValueError as e:
+      raise UserError(f"build_experiment.partition_frozen: {e}") from e
   return Experiment(data=data, spec=spec, frozen=frozen, sequence_length=sequence_length)
 
 
