@@ -1,6 +1,8 @@
 """Shared fixtures' builders: a tiny synthetic sentiment task on the tiny random BERT."""
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]
@@ -21,6 +23,13 @@ def synthetic_split(num: int, seed: int, id_offset: int = 0, corrupt: int = 0) -
   return {"example_id": np.arange(id_offset, id_offset + num, dtype=np.int64),
           "text": np.array(texts, dtype=object), "label": label, "original_label": labels,
           "is_corrupted": np.arange(num) < corrupt}
+
+
+def free_port() -> int:
+  """A free TCP port on localhost (for a local JAX coordinator)."""
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
 
 
 def logistic_loss(prompt, frozen, batch, per_example_prompt=None):

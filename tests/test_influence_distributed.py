@@ -4,7 +4,6 @@ The test launches this file twice as `--worker` (2 CPU devices each, gloo collec
 coordinator on a free local port); each worker reads its own share of the batches.
 """
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import pytest
 
 # This file also runs as a worker script: make the repo root importable there too.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.helpers import logistic_loss  # noqa: E402  pylint: disable=g-import-not-at-top
+from tests.helpers import free_port, logistic_loss  # noqa: E402  pylint: disable=g-import-not-at-top
 
 NUM_PROCESSES = 2
 TIMEOUT_S = 150
@@ -55,12 +54,6 @@ def run_worker(process_id: int, port: int, out_path: str) -> None:
   np.savez(out_path, **{k: v for k, v in vars(result).items()})
 
 
-def _free_port() -> int:
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()[1]
-
-
 def _by_id(ids, *arrays):
   order = np.argsort(ids)
   return [a[order] for a in (ids,) + arrays]
@@ -68,7 +61,7 @@ def _by_id(ids, *arrays):
 
 def test_two_processes_score_like_one(tmp_path):
   from gbair_jax.influence import tracin
-  port = _free_port()
+  port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   outputs = [tmp_path / f"process_{i}.npz" for i in range(NUM_PROCESSES)]

@@ -87,3 +87,15 @@ def any_process(flag: bool) -> bool:
     return bool(flag)
   flags = multihost_utils.process_allgather(np.asarray([flag], np.int32))
   return bool(np.any(flags))
+
+
+def is_primary() -> bool:
+  """Whether this process writes the run's files: every process computes the same rounds
+  (training is replicated, scores are gathered), process 0 alone writes them."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process got here (e.g. until process 0 wrote what all read next)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

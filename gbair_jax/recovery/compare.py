@@ -10,6 +10,7 @@ import shutil
 
 import gin
 
+from gbair_jax.influence import distributed
 from gbair_jax.recovery import loop
 from gbair_jax.recovery.strategies import get_strategy
 from gbair_jax.report import plots, writer
@@ -26,7 +27,9 @@ def compare(output_dir: str, strategies: list[str]) -> dict[str, dict]:
   for i, name in enumerate(strategies):
     run_dir = os.path.join(output_dir, name)
     if first_dir is not None:
-      _share_round_zero(first_dir, run_dir)
+      if distributed.is_primary():
+        _share_round_zero(first_dir, run_dir)
+      distributed.barrier(f"round 0 shared with {name}")
     # The clean reference is the same for every strategy: train it with the first only.
     extra = {} if i == 0 else {"references": ("no_recovery",)}
     results[name] = loop.run(run_dir, strategy=name, experiment=experiment, **extra)
@@ -51,11 +54,12 @@ def compare(output_dir: str, strategies: list[str]) -> dict[str, dict]:
   if clean:
     table += (f"\n\nclean reference: test auc {clean['test']['auc']:.3f}, accuracy "
               f"{clean['test']['accuracy']:.3f}, f1 {clean['test']['f1']:.3f}")
-  plot = plots.plot_comparison(os.path.join(output_dir, "comparison.png"), results)
-  with open(os.path.join(output_dir, "comparison.md"), "w") as f:
-    f.write(f"# Strategy comparison\n\n{table}\n\n![test AUC by round]({os.path.basename(plot)})\n")
-  print(table)
-  print(f"comparison: {os.path.join(output_dir, 'comparison.md')}")
+  if distributed.is_primary():  # several processes: all compute, process 0 writes
+    plot = plots.plot_comparison(os.path.join(output_dir, "comparison.png"), results)
+    with open(os.path.join(output_dir, "comparison.md"), "w") as f:
+      f.write(f"# Strategy comparison\n\n{table}\n\n![test AUC by round]({os.path.basename(plot)})\n")
+    print(table)
+    print(f"comparison: {os.path.join(output_dir, 'comparison.md')}")
   return results
 
 

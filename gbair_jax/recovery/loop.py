@@ -16,6 +16,7 @@ import numpy as np
 from gbair_jax.data import ledger as ledger_lib
 from gbair_jax.data.ledger import append_ledger, apply_ledger, read_ledger
 from gbair_jax.errors import UserError
+from gbair_jax.influence import distributed
 from gbair_jax.recovery import actions
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery import tracin_strategies  # noqa: F401  (registers G-BAIR strategies)
@@ -93,6 +94,8 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
   if num_rounds < 0:
     raise UserError(f"run.num_rounds must be >= 0, got {num_rounds}")
   strategy_fn = get_strategy(strategy)  # fail before any work on an unknown name
+  primary = distributed.is_primary()  # several processes: all compute, process 0 writes
+  progress = progress and primary
   claim_output_dir(output_dir, gin.config_str() + f"\n# strategy: {strategy}\n")
   exp = experiment or build_experiment()
   splits = exp.tokenized_splits()
@@ -140,18 +143,21 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
       changed = np.isin(train["example_id"], [e.example_id for e in entries])
       selected = actions.select_suspects(scores, selection_count, exclude=changed)
       new_entries = actions.act(action, selected, train, ctx.train_logits, scores, r, strategy)
-      report_writer.write_suspects(os.path.join(round_dir, "suspects.jsonl"), new_entries, train,
-                                   exp.data.label_names)
       # Idempotent: a kill between the ledger append and round.json must not append twice.
-      if not any(e.round == r for e in entries):
+      if primary and not any(e.round == r for e in entries):
+        report_writer.write_suspects(os.path.join(round_dir, "suspects.jsonl"), new_entries,
+                                     train, exp.data.label_names)
         append_ledger(ledger_path, new_entries)
       summary["selected"] = len(selected)
       summary["precision"] = (float(np.mean(train["is_corrupted"][selected]))
                               if len(selected) else None)
       summary["num_misclassified_validation"] = int(len(ctx.misclassified["label"]))
       summary["seconds"]["score"] = time.time() - started
+    distributed.barrier(f"ledger of round {r}")  # all read what process 0 appended
     summary.update(label_quality(train_source, read_ledger(ledger_path), r))
-    _write_json(summary_path, summary)
+    if primary:
+      _write_json(summary_path, summary)
+    distributed.barrier(f"round {r} done")
     rounds.append(summary)
     if progress:
       print(report_writer.format_round(summary), flush=True)
@@ -168,7 +174,8 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
       "rounds": rounds,
       "references": _references(exp, splits, output_dir, references, rounds, progress),
   }
-  report_writer.write_report(output_dir, report, exp.data.label_names)
+  if primary:
+    report_writer.write_report(output_dir, report, exp.data.label_names)
   if progress:
     print(report_writer.format_table(report))
     print(f"report: {os.path.join(output_dir, 'report.md')}")

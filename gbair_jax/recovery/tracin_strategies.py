@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from gbair_jax.errors import UserError
-from gbair_jax.influence import tracin
+from gbair_jax.influence import distributed, tracin
 from gbair_jax.influence.projection import RandomProjection
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery.strategies import current_label_losses, register
@@ -42,11 +42,13 @@ def _in_train_order(ctx: RoundContext, ids: np.ndarray, values: np.ndarray) -> n
   return np.array([values[position[int(i)]] for i in ctx.train["example_id"]], np.float64)
 
 
-def _batches(ctx: RoundContext, arrays: dict[str, np.ndarray]):
+def _batches(ctx: RoundContext, arrays: dict[str, np.ndarray], per_host: bool = False):
   """Scores are keyed by example id, so one process may run shortest texts first with
-  trimmed padding; several processes keep one shape so their batches assemble."""
+  trimmed padding; several processes keep one shape so their batches assemble, and each
+  scores its own share of the training set (`per_host`; queries are the same everywhere)."""
   if jax.process_count() > 1:
-    return batches_lib.iterate_batches(arrays, ctx.batch_size)
+    stream = batches_lib.iterate_batches(arrays, ctx.batch_size)
+    return distributed.host_shard(stream) if per_host else stream
   return batches_lib.iterate_batches(arrays, ctx.batch_size, batches_lib.length_order(arrays),
                                      trim_multiple=batches_lib.TRIM_MULTIPLE)
 
@@ -95,7 +97,7 @@ def tracin_opponents(ctx: RoundContext, aggregation: str = "net_opposition",
                 if projection_dim else None)
   options = tracin.GradientOptions(normalize=normalize, projection=projection)
   result = tracin.tracin_scores(
-      ctx.spec.example_losses, ctx.checkpoints, ctx.frozen, _batches(ctx, ctx.train),
+      ctx.spec.example_losses, ctx.checkpoints, ctx.frozen, _batches(ctx, ctx.train, per_host=True),
       _batches(ctx, query_set), options=options,
       top_k=min(top_k, num), progress=ctx.progress)
   negative = _in_train_order(ctx, result.example_ids, result.negative_influence)
@@ -120,5 +122,5 @@ def tracin_opponents(ctx: RoundContext, aggregation: str = "net_opposition",
 def self_influence_strategy(ctx: RoundContext) -> np.ndarray:
   """TracIn(z, z): examples that most reduce their own loss when trained on (memorised)."""
   ids, scores = tracin.self_influence(ctx.spec.example_losses, ctx.checkpoints, ctx.frozen,
-                                      _batches(ctx, ctx.train), progress=ctx.progress)
+                                      _batches(ctx, ctx.train, per_host=True), progress=ctx.progress)
   return _in_train_order(ctx, ids, scores)

@@ -36,7 +36,13 @@ def manager(round_dir: str) -> ocp.CheckpointManager:
 
 
 def save_epoch(mngr: ocp.CheckpointManager, epoch: int, prompt, opt_state, meta: dict) -> None:
-  """Writes epoch `epoch` and waits: a finished epoch is on disk before the next starts."""
+  """Writes epoch `epoch` and waits: a finished epoch is on disk before the next starts.
+
+  The (small) prompt and optimizer state are saved as host numpy arrays: with several
+  processes each holds its own replica on a local device, which Orbax cannot save as a
+  jax.Array, while numpy values are written once, by the primary process."""
+  import jax  # local: keeps this module importable without touching devices
+  prompt, opt_state = jax.device_get((prompt, opt_state))
   mngr.save(epoch, args=ocp.args.Composite(
       prompt=ocp.args.StandardSave({"prompt": prompt}),
       opt_state=ocp.args.StandardSave(opt_state),
@@ -84,5 +90,6 @@ def load_tracin_checkpoints(round_dir: str) -> list[tuple[np.ndarray, float]]:
 
 
 def as_abstract(tree: Any):
+  """Restore target for a tree saved by `save_epoch`: host numpy arrays of its shapes."""
   import jax  # local: keeps this module importable without touching devices
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  return jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), jax.device_get(tree))

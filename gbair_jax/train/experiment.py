@@ -68,6 +68,9 @@ def claim_output_dir(output_dir: str, config: str) -> None:
         raise UserError(f"{path}: this output_dir holds a run with a different gin config; "
                         "use a new --output_dir (nothing was changed)")
     return
+  from gbair_jax.influence import distributed  # pylint: disable=g-import-not-at-top
+  if not distributed.is_primary():
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.write(config)

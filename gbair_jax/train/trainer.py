@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from gbair_jax.influence import distributed
 from gbair_jax.models.backbone import Params
 from gbair_jax.models.classifier import ClassifierSpec
 from gbair_jax.train import batches as batches_lib
@@ -143,7 +144,8 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
 
   train_step = make_train_step(spec, optimizer)
   logits_fn = make_logits_fn(spec)
-  writer = _tensorboard_writer(round_dir) if tensorboard else None
+  primary = distributed.is_primary()
+  writer = _tensorboard_writer(round_dir) if tensorboard and primary else None
   started = time.time()
   for epoch in range(start_epoch, num_epochs + 1):
     order = batches_lib.epoch_order(len(train["label"]), seed, epoch)
@@ -185,7 +187,8 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
   metrics = {"epochs": history}
   if "test" in splits:
     metrics["test"] = evaluate(spec, state.prompt, frozen, splits["test"], eval_batch_size, logits_fn)
-  _write_json_atomic(metrics_path, metrics)
+  if primary:
+    _write_json_atomic(metrics_path, metrics)
   return TrainResult(prompt=np.asarray(state.prompt), metrics=metrics, seconds=time.time() - started)
 
 
