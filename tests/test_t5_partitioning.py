@@ -155,8 +155,9 @@ def test_build_experiment_partitions_frozen_weights_and_training_matches(tmp_pat
     if partition:
       assert kernel.sharding.spec == P(None, "model") and len(kernel.sharding.device_set) == 8
     splits = {k: v for k, v in exp.tokenized_splits().items() if k != "validation"}
-    prompts[partition] = train_prompt(exp.spec, exp.frozen, splits, str(tmp_path / str(partition)),
-                                      num_epochs=1, batch_size=8, progress=False).prompt
+    prompts[partition] = train_prompt(exp.spec, exp.frozen, splits,
+                                      str(tmp_path / str(partition)), num_epochs=1,
+                                      batch_size=8, progress=False).prompt
   np.testing.assert_allclose(prompts[True], prompts[False], rtol=2e-4, atol=2e-5)
   gin.clear_config()
   config.parse_gin(["gin/models/minilm.gin", "gin/data/insults.gin"], [

@@ -97,8 +97,8 @@ def tracin_opponents(ctx: RoundContext, aggregation: str = "net_opposition",
                 if projection_dim else None)
   options = tracin.GradientOptions(normalize=normalize, projection=projection)
   result = tracin.tracin_scores(
-      ctx.spec.example_losses, ctx.checkpoints, ctx.frozen, _batches(ctx, ctx.train, per_host=True),
-      _batches(ctx, query_set), options=options,
+      ctx.spec.example_losses, ctx.checkpoints, ctx.frozen,
+      _batches(ctx, ctx.train, per_host=True), _batches(ctx, query_set), options=options,
       top_k=min(top_k, num), progress=ctx.progress)
   negative = _in_train_order(ctx, result.example_ids, result.negative_influence)
   if aggregation == "net_opposition":
@@ -122,5 +122,6 @@ def tracin_opponents(ctx: RoundContext, aggregation: str = "net_opposition",
 def self_influence_strategy(ctx: RoundContext) -> np.ndarray:
   """TracIn(z, z): examples that most reduce their own loss when trained on (memorised)."""
   ids, scores = tracin.self_influence(ctx.spec.example_losses, ctx.checkpoints, ctx.frozen,
-                                      _batches(ctx, ctx.train, per_host=True), progress=ctx.progress)
+                                      _batches(ctx, ctx.train, per_host=True),
+                                      progress=ctx.progress)
   return _in_train_order(ctx, ids, scores)
