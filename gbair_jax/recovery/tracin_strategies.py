@@ -89,9 +89,10 @@ def tracin_opponents(ctx: RoundContext, aggregation: str = "net_opposition",
   if queries not in QUERY_SETS:
     raise UserError(f"tracin_opponents.queries='{queries}' is unknown "
                     f"(expected one of {', '.join(QUERY_SETS)})")
-  query_set = ctx.misclassified if queries == "misclassified" else ctx.validation
+  misclassified = ctx.misclassified
+  query_set = misclassified if queries == "misclassified" else ctx.validation
   num = len(ctx.train["label"])
-  if len(ctx.misclassified["label"]) == 0:
+  if len(misclassified["label"]) == 0:
     return np.full(num, -np.inf)  # nothing misclassified: nothing to recover from
   projection = (RandomProjection(dim=projection_dim, seed=projection_seed)
                 if projection_dim else None)

@@ -92,4 +92,4 @@ def load_tracin_checkpoints(round_dir: str) -> list[tuple[np.ndarray, float]]:
 def as_abstract(tree: Any):
   """Restore target for a tree saved by `save_epoch`: host numpy arrays of its shapes."""
   import jax  # local: keeps this module importable without touching devices
-  return jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), jax.device_get(tree))
+  return jax.tree.map(np.zeros_like, jax.device_get(tree))
