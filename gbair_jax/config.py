@@ -13,6 +13,10 @@ import gin
 from gbair_jax.errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where `gin/...` names resolve when no search path holds them: the copy of gin/ that an
+# installed package ships (setup.py), else the repository's own (a source checkout).
+_PACKAGED_GIN_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin_files")
+GIN_ROOT = _PACKAGED_GIN_ROOT if os.path.isdir(_PACKAGED_GIN_ROOT) else REPO_ROOT
 
 
 def split_gin_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -41,14 +45,14 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
   """Parses gin files then bindings; unknown files/bindings raise UserError."""
   import_configurables()
   gin.clear_config()
-  for path in [*search_paths, os.getcwd(), REPO_ROOT]:
+  for path in [*search_paths, os.getcwd(), GIN_ROOT]:
     gin.add_config_file_search_path(path)
   for gin_file in gin_files:
     try:
       gin.parse_config_file(gin_file)
     except IOError as e:
       raise UserError(f"gin file {gin_file}: not found (search paths: {', '.join(search_paths) or 'none'}, "
-                      f"., {REPO_ROOT})") from e
+                      f"., {GIN_ROOT})") from e
     except Exception as e:  # gin reports bad lines with ValueError, KeyError, SyntaxError...
       raise UserError(f"gin file {gin_file}: {one_line(e)}") from e
   for binding in bindings:

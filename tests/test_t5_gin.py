@@ -22,13 +22,6 @@ PUBLISHED = {
 }
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def _parameter_count(d_model, heads, layers, d_ff, vocab=32128, head_dim=64, buckets=32):
   attention = 4 * d_model * heads * head_dim
   mlp = 3 * d_model * d_ff
@@ -40,18 +33,17 @@ def _parameter_count(d_model, heads, layers, d_ff, vocab=32128, head_dim=64, buc
 @pytest.mark.parametrize("size", sorted(PUBLISHED))
 def test_size_files_bind_published_dimensions(size):
   path = GIN_DIR / f"t5_{size}.gin"
+  gin.add_config_file_search_path(str(GIN_DIR.parent.parent))  # resolves 'gin/models/...'
   gin.parse_config_file(str(path))
   assert gin.query_parameter("build_classifier.backbone").selector == "t5"
+  assert gin.query_parameter("t5.name") == f"t5_{size}"
   d_model, heads, layers, d_ff = PUBLISHED[size]
-  assert gin.query_parameter("t5.emb_dim") == d_model
-  assert gin.query_parameter("t5.num_heads") == heads
-  assert gin.query_parameter("t5.num_encoder_layers") == layers
-  assert gin.query_parameter("t5.num_decoder_layers") == layers
-  assert gin.query_parameter("t5.mlp_dim") == d_ff
-  assert gin.query_parameter("t5.head_dim") == 64
-  assert gin.query_parameter("t5.vocab_size") == 32128
-  assert tuple(gin.query_parameter("t5.mlp_activations")) == ("gelu", "linear")
-  assert gin.query_parameter("t5.logits_via_embedding") is False
+  config = t5.T5Config()  # what t5() builds the model from: the gin-bound dimensions
+  assert (config.emb_dim, config.num_heads, config.num_encoder_layers,
+          config.num_decoder_layers, config.mlp_dim) == (d_model, heads, layers, layers, d_ff)
+  assert (config.head_dim, config.vocab_size) == (64, 32128)
+  assert tuple(config.mlp_activations) == ("gelu", "linear")
+  assert config.logits_via_embedding is False
 
   header = path.read_text().split("\n\n")[0]
   assert f"--gin_file=gin/models/t5_{size}.gin" in header and "gbair run" in header

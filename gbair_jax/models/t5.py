@@ -30,9 +30,13 @@ DEFAULT_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepie
 _MASK_VALUE = -1e10
 
 
+@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """Dimensions of a T5 model, named as in T5X's `network.T5Config`.
+
+  Configurable as in T5X (`T5Config.emb_dim = 4096`): gin/models/t5_base.gin binds every
+  field, and each other size includes it and rebinds the few that differ.
 
   Attributes:
     vocab_size: rows of the embedding table (32128 for the public T5 vocabulary,
@@ -454,19 +458,9 @@ def t5(name: str = "t5",
        checkpoint_path: str | None = None,
        vocabulary_path: str = DEFAULT_VOCABULARY_PATH,
        step: int | None = None,
-       vocab_size: int = 32128,
-       emb_dim: int = 768,
-       num_heads: int = 12,
-       num_encoder_layers: int = 12,
-       num_decoder_layers: int = 12,
-       head_dim: int = 64,
-       mlp_dim: int = 2048,
-       mlp_activations: Sequence[str] = ("gelu", "linear"),
-       logits_via_embedding: bool = False,
-       dtype: str = "float32",
-       params_dtype: str | None = None,
-       remat: bool = False) -> backbone_lib.PretrainedBackbone:
-  """A T5X-checkpointed T5 (defaults: T5 1.1 Base dimensions) as a PretrainedBackbone.
+       config: T5Config | None = None,
+       params_dtype: str | None = None) -> backbone_lib.PretrainedBackbone:
+  """A T5X-checkpointed T5 (dimensions: `config`, T5Config's gin bindings) as a PretrainedBackbone.
 
   Args:
     name: short name for reports ("t5_base", "flan_t5_xl", ...).
@@ -475,17 +469,12 @@ def t5(name: str = "t5",
       and the older msgpack + TensorStore layouts both load; only `target` is read.
     vocabulary_path: the SentencePiece model (default: the public T5 vocabulary).
     step: checkpoint step when `checkpoint_path` is a model dir (None: latest).
-    vocab_size, emb_dim, num_heads, num_encoder_layers, num_decoder_layers, head_dim,
-      mlp_dim, mlp_activations, logits_via_embedding: see `T5Config`.
-    dtype: activation dtype: "float32" (CPU/GPU) or "bfloat16" (TPU).
+    config: the model's dimensions, activation dtype and remat; None takes `T5Config()`
+      with its gin bindings (T5 1.1 Base dimensions when nothing is bound).
     params_dtype: cast the loaded weights ("bfloat16" halves their memory); None keeps
       the checkpoint's dtype (float32 for T5X's public checkpoints).
-    remat: rematerialize layer activations in the backward pass (large models).
   """
-  config = T5Config(vocab_size=vocab_size, emb_dim=emb_dim, num_heads=num_heads,
-                    num_encoder_layers=num_encoder_layers, num_decoder_layers=num_decoder_layers,
-                    head_dim=head_dim, mlp_dim=mlp_dim, mlp_activations=tuple(mlp_activations),
-                    logits_via_embedding=logits_via_embedding, dtype=dtype, remat=remat)
+  config = T5Config() if config is None else config
   module = T5Backbone(config)
 
   def load_params():

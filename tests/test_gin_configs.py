@@ -1,0 +1,33 @@
+"""Run configs are built on gin/runs/base.gin, and the paper's configs state the paper's
+own choices instead of inheriting the quickstart's demo settings."""
+import os
+import re
+
+import gin
+import pytest
+
+from gbair_jax import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = os.path.join(REPO, "gin", "runs")
+
+
+def _includes(path: str) -> list[str]:
+  with open(path) as f:
+    return re.findall(r"^include '([^']+)'", f.read(), flags=re.M)
+
+
+@pytest.mark.parametrize("name", ["paper_bbf_t5_xl.gin", "paper_bbf_t5_xxl.gin"])
+def test_paper_configs_state_the_papers_choices(name):
+  assert "gin/runs/quickstart.gin" not in _includes(os.path.join(RUNS, name))
+  config_lib.parse_gin([f"gin/runs/{name}"])
+  assert gin.query_parameter("tracin_opponents.queries") == "misclassified"
+  assert gin.query_parameter("tracin_opponents.aggregation") == "count"
+  assert gin.query_parameter("build_classifier.prompt_length") == 100
+  assert gin.query_parameter("make_optimizer.name") == "adafactor"
+  assert gin.query_parameter("build_experiment.partition_frozen") is True
+
+
+def test_quickstart_and_paper_share_the_base():
+  for name in ("quickstart.gin", "paper_bbf_base.gin"):
+    assert "gin/runs/base.gin" in _includes(os.path.join(RUNS, name)), name
