@@ -134,6 +134,7 @@ def test_different_config_is_refused_and_nothing_overwritten(config, tmp_path):
     ("--gin.selection_size.select_count=1000", "select_count=1000"),
     ("--gin.no_such_thing.x=1", "no_such_thing"),
     ("--gin.CORRUPTION_RATE=1.5", "CORRUPTION_RATE"),
+    ("--gin.build_classifier.prompt_length=0", "build_classifier.prompt_length"),
 ])
 def test_bad_bindings_fail_with_one_line(config, tmp_path, flag, message, monkeypatch, capsys):
   # In-process (the subprocess tests above cover the console script itself).

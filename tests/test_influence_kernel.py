@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gbair_jax.errors import UserError
 from gbair_jax.influence import per_example_grads as grads_lib
 from gbair_jax.influence.projection import RandomProjection
 from tests.helpers import logistic_loss
@@ -111,6 +112,13 @@ def test_device_batch_drops_ids_and_strings():
   batch = {"example_id": np.array([2**40]), "text": np.array(["a"]), "valid": np.array([True]),
            "tokens": np.array([[1, 2]])}
   assert sorted(grads_lib.device_batch(batch)) == ["tokens", "valid"]
+
+
+def test_projection_sizes_are_user_errors_naming_the_binding():
+  with pytest.raises(UserError, match="tracin_opponents.projection_dim"):
+    RandomProjection(dim=0)
+  with pytest.raises(UserError, match="block_rows"):
+    RandomProjection(dim=4, block_rows=0)
 
 
 def test_projection_is_seeded_and_blocks_equal_the_matrix():

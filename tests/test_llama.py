@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 
 from gbair_jax.errors import UserError
 from gbair_jax.models import llama, llama_weights
-from gbair_jax.models.bpe_vocabulary import BpeVocabulary, bytes_to_unicode
+from gbair_jax.data.bpe_vocabulary import BpeVocabulary, bytes_to_unicode
 from gbair_jax.models.classifier import build_classifier
 
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin" / "models"

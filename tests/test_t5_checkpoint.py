@@ -1,5 +1,6 @@
 """T5X checkpoints: a tiny random T5 written in the Orbax and the msgpack + TensorStore
 layouts loads back bit-exactly, without touching optimizer state, and runs the model."""
+import dataclasses
 import json
 import shutil
 
@@ -14,10 +15,6 @@ from gbair_jax.errors import UserError
 from gbair_jax.models import backbone as backbone_lib
 from gbair_jax.models import t5
 from gbair_jax.models import t5_checkpoint
-
-TINY_DIMS = dict(vocab_size=32, emb_dim=16, num_heads=4, head_dim=4, mlp_dim=32,
-                 num_encoder_layers=2, num_decoder_layers=2)
-
 
 @pytest.fixture(scope="module")
 def params():
@@ -125,14 +122,14 @@ def test_loaded_weights_run_the_model_through_the_gin_factory(tmp_path, params):
   expected = np.asarray(score(params))
   for layout in ("legacy", "orbax"):
     bundle = t5.t5(checkpoint_path=str(tmp_path / layout), vocabulary_path=vocabulary_path,
-                   **TINY_DIMS)
+                   config=t5.TINY_CONFIG)
     np.testing.assert_array_equal(np.asarray(score(bundle.load_params())), expected)
 
 
 def test_checkpoint_of_another_size_is_a_user_error(tmp_path, params):
   t5_checkpoint.write_orbax_t5x_checkpoint(str(tmp_path), 1, params)
   bundle = t5.t5(checkpoint_path=str(tmp_path), vocabulary_path=t5.seqio_test_vocabulary_path(),
-                 **{**TINY_DIMS, "mlp_dim": 64})
+                 config=dataclasses.replace(t5.TINY_CONFIG, mlp_dim=64))
   with pytest.raises(UserError, match="mlp/wi_0/kernel"):
     bundle.load_params()
 

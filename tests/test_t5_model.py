@@ -250,8 +250,7 @@ def test_bfloat16_activations_and_remat_stay_close(tiny):
 
 
 def test_t5_without_checkpoint_path_fails_with_its_gin_name():
-  bundle = t5.t5(vocabulary_path=t5.seqio_test_vocabulary_path(), vocab_size=32, emb_dim=16,
-                 num_heads=4, head_dim=4, mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1)
+  bundle = t5.t5(vocabulary_path=t5.seqio_test_vocabulary_path(), config=t5.TINY_CONFIG)
   with pytest.raises(UserError, match="t5.checkpoint_path"):
     bundle.load_params()
 

@@ -105,4 +105,4 @@ def _check_labels(task: str, label_names: tuple[str, ...],
   for name in names:
     labels = splits[name]["original_label"]
     if labels.size and (labels.min() < 0 or labels.max() >= len(label_names)):
-      raise ValueError(f"task {task!r} split {name!r}: labels outside [0, {len(label_names)})")
+      raise UserError(f"task {task!r} split {name!r}: labels outside [0, {len(label_names)})")

@@ -1,4 +1,5 @@
-"""SeqIO vocabularies for the backbones: BERT WordPiece (uncased) and SentencePiece.
+"""SeqIO vocabularies for the backbones: BERT WordPiece (uncased) and SentencePiece (T5);
+byte-level BPE (LLaMA family) is bpe_vocabulary.py beside it.
 
 `WordPieceVocabulary` reproduces BERT's uncased tokenizer (the one all-MiniLM-L6-v2 was
 trained with) in pure Python for `encode` and with tensorflow_text for `encode_tf`.
@@ -206,10 +207,19 @@ class WordPieceVocabulary(seqio.Vocabulary):
     return hash(self._vocab_path)
 
 
-def sentencepiece_vocabulary(path: str | os.PathLike, extra_ids: int = 0
-                             ) -> seqio.SentencePieceVocabulary:
-  """A local SentencePiece model as a SeqIO vocabulary (T5 style), checked up front."""
+def sentencepiece_vocabulary(path: str | os.PathLike, extra_ids: int = 0,
+                             binding: str = "SentencePiece model") -> seqio.SentencePieceVocabulary:
+  """A SentencePiece model (local, or gs:// where Google Cloud is reachable) as a SeqIO
+  vocabulary, read now so that a bad path fails here, naming `binding` (its gin name)."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise UserError(f"SentencePiece model {path} does not exist")
-  return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  if "://" not in path and not os.path.isfile(path):
+    raise UserError(f"{binding}={path!r}: the SentencePiece model file does not exist")
+  vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  try:
+    vocabulary.tokenizer  # pylint: disable=pointless-statement  # forces the file read
+  except Exception as error:  # pylint: disable=broad-except  # tf/gfile raise many types
+    hint = (" gs:// needs Google Cloud access: copy the file locally (gsutil cp) and set "
+            "the local path." if path.startswith("gs://") else "")
+    raise UserError(f"{binding}={path!r}: cannot read the SentencePiece model "
+                    f"({type(error).__name__}: {error}).{hint}") from error
+  return vocabulary

@@ -12,6 +12,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from gbair_jax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class RandomProjection:
@@ -30,9 +32,10 @@ class RandomProjection:
 
   def __post_init__(self):
     if self.dim < 1:
-      raise ValueError(f"RandomProjection.dim must be >= 1, got {self.dim}")
+      raise UserError(f"tracin_opponents.projection_dim (RandomProjection.dim) must be >= 1, "
+                      f"got {self.dim}")
     if self.block_rows < 1:
-      raise ValueError(f"RandomProjection.block_rows must be >= 1, got {self.block_rows}")
+      raise UserError(f"RandomProjection.block_rows must be >= 1, got {self.block_rows}")
 
   def _num_blocks(self, input_dim: int) -> int:
     return math.ceil(input_dim / self.block_rows)

@@ -16,6 +16,11 @@ import numpy as np
 
 Params = Any  # a nested dict of arrays (Flax "params" collection)
 
+# Attention logit of a masked key, in every backbone: exp() of it underflows to 0 in float32
+# and bfloat16, while it stays finite there (-inf would turn a fully masked row, e.g. a
+# padding row, into NaN instead of a uniform softmax).
+MASK_VALUE = -1e10
+
 
 class Backbone(Protocol):
   """Methods a backbone Module provides (called through `module.apply(..., method=...)`).
@@ -73,3 +78,19 @@ def random_params(module: Any, seed: int = 0, vocab_size: int = 8) -> Params:
 
   del vocab_size
   return module.init(jax.random.PRNGKey(seed), method=init_all)["params"]
+
+
+def pad_rows(rows: Sequence[Sequence[int]], length: int | None = None,
+             pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Token id rows -> right-padded tokens and mask [len(rows), length] (int32).
+
+  `length` None pads to the longest row; rows must already fit (callers truncate, since
+  where to cut, e.g. keeping [SEP] or EOS, depends on the model).
+  """
+  length = max((len(row) for row in rows), default=0) if length is None else length
+  tokens = np.full((len(rows), length), pad_id, np.int32)
+  mask = np.zeros((len(rows), length), np.int32)
+  for i, row in enumerate(rows):
+    tokens[i, :len(row)] = row
+    mask[i, :len(row)] = 1
+  return tokens, mask

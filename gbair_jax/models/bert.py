@@ -19,11 +19,7 @@ import numpy as np
 
 from gbair_jax.errors import UserError
 from gbair_jax.models import minilm_weights
-from gbair_jax.models.backbone import PretrainedBackbone, random_params
-
-# Additive attention bias for padded keys: large enough that exp() underflows to 0, small
-# enough to stay finite in bfloat16/float16 sums (finfo.min could overflow to -inf).
-_MASKED = -1e4
+from gbair_jax.models.backbone import MASK_VALUE, PretrainedBackbone, pad_rows, random_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +228,7 @@ class BertEncoder(nn.Module):
     """Runs the network on word-space embeddings [B, T, D]; returns float32 [B, T, D]."""
     x = self.embeddings.add_positions(embeddings)
     # [B, 1, 1, T] additive bias, broadcast inside the softmax: never a [B, H, T, T] mask.
-    attention_bias = jnp.where(mask[:, None, None, :] > 0, 0.0, _MASKED).astype(jnp.float32)
+    attention_bias = jnp.where(mask[:, None, None, :] > 0, 0.0, MASK_VALUE).astype(jnp.float32)
     return self.encoder(x, attention_bias)
 
   def sentence_embeddings(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
@@ -269,15 +265,6 @@ def _compute_dtype(name: str, binding: str) -> jnp.dtype:
   return jnp.dtype(name)
 
 
-def _pad(rows: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
-  tokens = np.zeros((len(rows), length), np.int32)
-  mask = np.zeros((len(rows), length), np.int32)
-  for i, row in enumerate(rows):
-    tokens[i, :len(row)] = row
-    mask[i, :len(row)] = 1
-  return tokens, mask
-
-
 def _with_specials(ids: Sequence[int], cls_id: int, sep_id: int, length: int) -> list[int]:
   """[CLS] ids [SEP], truncating the text so that both specials always fit."""
   if length < 2:
@@ -291,7 +278,8 @@ def _text_encoders(tokenize, cls_id: int, sep_id: int, max_length: int, name: st
   def encode_texts(texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
     if length > max_length:
       raise UserError(f"text length {length} exceeds {name}.max_length = {max_length}")
-    return _pad([_with_specials(tokenize(t), cls_id, sep_id, length) for t in texts], length)
+    return pad_rows([_with_specials(tokenize(t), cls_id, sep_id, length) for t in texts],
+                    length)
 
   def encode_classes(label_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     rows = [[cls_id, *tokenize(name), sep_id] for name in label_names]
@@ -300,7 +288,7 @@ def _text_encoders(tokenize, cls_id: int, sep_id: int, max_length: int, name: st
     longest = max(len(row) for row in rows)
     if longest > max_length:
       raise UserError(f"a verbalizer has {longest} tokens, over {name}.max_length")
-    return _pad(rows, longest)
+    return pad_rows(rows, longest)
 
   return encode_texts, encode_classes
 

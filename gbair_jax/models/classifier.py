@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gbair_jax.errors import UserError
 from gbair_jax.models import prompt as prompt_lib
 from gbair_jax.models.backbone import Params, PretrainedBackbone
 
@@ -77,7 +78,7 @@ def build_classifier(backbone: PretrainedBackbone, label_names: Sequence[str],
                      prompt_length: int = 20) -> ClassifierSpec:
   """Wires a backbone and the task's label strings into a prompt classifier."""
   if prompt_length < 1:
-    raise ValueError(f"build_classifier.prompt_length must be >= 1, got {prompt_length}")
+    raise UserError(f"build_classifier.prompt_length must be >= 1, got {prompt_length}")
   tokens, mask = backbone.encode_classes(list(label_names))
   to_tuple = lambda a: tuple(tuple(int(v) for v in row) for row in np.asarray(a))
   model = PromptClassifier(backbone=backbone.module, prompt_length=prompt_length,

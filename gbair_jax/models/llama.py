@@ -19,11 +19,9 @@ import numpy as np
 
 from gbair_jax.errors import UserError
 from gbair_jax.models import llama_weights
-from gbair_jax.models.backbone import Params, PretrainedBackbone, random_params
-from gbair_jax.models.bpe_vocabulary import BpeVocabulary
+from gbair_jax.models.backbone import MASK_VALUE, Params, PretrainedBackbone, pad_rows, random_params
+from gbair_jax.data.bpe_vocabulary import BpeVocabulary
 
-# Finite, so that a fully masked row (e.g. padding) gives a uniform softmax, not NaN.
-_MASKED = -1e30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +54,7 @@ class LlamaConfig:
     return jnp.dtype(self.dtype)
 
 
-class RMSNorm(nn.Module):
+class RmsNorm(nn.Module):
   """Root-mean-square norm with a learned scale, computed in float32."""
 
   eps: float
@@ -130,7 +128,7 @@ class Attention(nn.Module):
     query = query.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
     scores = jnp.einsum("btkgd,bskd->bkgts", query, key,
                         preferred_element_type=jnp.float32) / np.sqrt(cfg.head_dim)
-    scores = jnp.where(attention_mask[:, None, None, :, :], scores, _MASKED)
+    scores = jnp.where(attention_mask[:, None, None, :, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
     attended = jnp.einsum("bkgts,bskd->btkgd", probs, value)
     return self.out(attended.reshape(batch, length, cfg.num_heads * cfg.head_dim)), own_kv
@@ -159,9 +157,9 @@ class DecoderLayer(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.input_norm = RMSNorm(cfg.norm_eps, cfg.compute_dtype)
+    self.input_norm = RmsNorm(cfg.norm_eps, cfg.compute_dtype)
     self.attention = Attention(cfg)
-    self.post_attention_norm = RMSNorm(cfg.norm_eps, cfg.compute_dtype)
+    self.post_attention_norm = RmsNorm(cfg.norm_eps, cfg.compute_dtype)
     self.mlp = Mlp(cfg)
 
   def __call__(self, x, rotary, attention_mask, prefix_kv=None):
@@ -190,7 +188,7 @@ class LlamaBackbone(nn.Module):
     # uniform, so that tests comparing log-likelihoods can tell positions apart.
     self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype)
     self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_layers)]
-    self.final_norm = RMSNorm(cfg.norm_eps, cfg.compute_dtype)
+    self.final_norm = RmsNorm(cfg.norm_eps, cfg.compute_dtype)
     if not cfg.tie_embeddings:
       self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype)
 
@@ -328,15 +326,10 @@ def _text_encoder(vocabulary: BpeVocabulary, max_length: int, name: str):
   def encode_texts(texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
     if length > max_length:
       raise UserError(f"text length {length} exceeds {name}'s context of {max_length} tokens")
-    tokens = np.full((len(texts), length), vocabulary.pad_id, np.int32)
-    mask = np.zeros((len(texts), length), np.int32)
     prefix = [vocabulary.bos_id] if vocabulary.add_bos and vocabulary.bos_id is not None else []
-    for row, ids in enumerate(vocabulary.encode_batch(list(texts))):
-      # Keep the beginning: the verbalizer then continues the truncated text.
-      ids = (prefix + ids)[:length]
-      tokens[row, :len(ids)] = ids
-      mask[row, :len(ids)] = 1
-    return tokens, mask
+    # Keep the beginning: the verbalizer then continues the truncated text.
+    rows = [(prefix + ids)[:length] for ids in vocabulary.encode_batch(list(texts))]
+    return pad_rows(rows, length, vocabulary.pad_id)
 
   return encode_texts
 
@@ -349,13 +342,7 @@ def _class_encoder(vocabulary: BpeVocabulary):
     for label, ids in zip(labels, encoded):
       if not ids:
         raise UserError(f"verbalizer {label!r} encodes to no tokens")
-    length = max(len(ids) for ids in encoded)
-    tokens = np.full((len(labels), length), vocabulary.pad_id, np.int32)
-    mask = np.zeros((len(labels), length), np.int32)
-    for row, ids in enumerate(encoded):
-      tokens[row, :len(ids)] = ids
-      mask[row, :len(ids)] = 1
-    return tokens, mask
+    return pad_rows(encoded, pad_id=vocabulary.pad_id)
 
   return encode_classes
 

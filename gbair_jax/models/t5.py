@@ -25,9 +25,6 @@ PAD_ID = 0
 EOS_ID = 1
 # The public T5 / T5 1.1 / Flan-T5 SentencePiece model (32000 pieces + 100 sentinels).
 DEFAULT_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
-# Attention logits of masked positions; finite (unlike -inf) so a fully masked row
-# gives a uniform softmax instead of NaN, as in T5X.
-_MASK_VALUE = -1e10
 
 
 @gin.configurable
@@ -273,7 +270,7 @@ class DecoderLayer(nn.Module):
 
 def _padding_bias(mask: jax.Array) -> jax.Array:
   """[..., Lk] 1/0 key mask -> additive float32 bias [..., 1, 1, Lk] (heads, queries)."""
-  return jnp.where(mask[..., None, None, :] > 0, 0.0, _MASK_VALUE).astype(jnp.float32)
+  return jnp.where(mask[..., None, None, :] > 0, 0.0, backbone_lib.MASK_VALUE).astype(jnp.float32)
 
 
 class Encoder(nn.Module):
@@ -314,7 +311,7 @@ class Decoder(nn.Module):
                                   name="relpos_bias")(length, length, False)
     causal = np.tril(np.ones((length, length), bool))
     allowed = causal & (decoder_mask[..., None, None, :] > 0)  # [B, C, 1, L, L]
-    self_bias = relpos + jnp.where(allowed, 0.0, _MASK_VALUE).astype(jnp.float32)
+    self_bias = relpos + jnp.where(allowed, 0.0, backbone_lib.MASK_VALUE).astype(jnp.float32)
     cross_bias = _padding_bias(encoder_mask)  # [B, 1, 1, T]
     while cross_bias.ndim < self_bias.ndim:  # broadcast over the candidate axes
       cross_bias = cross_bias[:, None]
@@ -400,40 +397,24 @@ def sequence_log_likelihood(logits: jax.Array, targets: jax.Array, mask: jax.Arr
 # ---------------------------------------------------------------------------------------
 
 
-def _sentencepiece_vocabulary(path: str):
-  """A seqio SentencePieceVocabulary, loaded now so a bad path fails with its gin name."""
-  import seqio  # pylint: disable=g-import-not-at-top  # seqio costs ~8 s to import.
-
-  vocabulary = seqio.SentencePieceVocabulary(path)
-  try:
-    vocabulary.tokenizer  # pylint: disable=pointless-statement  # forces the file read
-  except Exception as error:  # pylint: disable=broad-except  # tf/gfile raise many types
-    hint = (" gs:// needs Google Cloud access: copy the file locally (gsutil cp) and set "
-            "the local path." if path.startswith("gs://") else "")
-    raise UserError(f"t5.vocabulary_path={path!r}: cannot read the SentencePiece model "
-                    f"({type(error).__name__}: {error}).{hint}") from error
-  return vocabulary
+def _vocabulary(path: str, binding: str):
+  # Imported here: seqio and TensorFlow cost ~8 s, paid only when a T5 is built.
+  from gbair_jax.data.vocabularies import sentencepiece_vocabulary  # pylint: disable=g-import-not-at-top
+  return sentencepiece_vocabulary(path, binding=binding)
 
 
 def _encode_texts(vocabulary, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
   """text + EOS, truncated to `length` (EOS kept), right-padded with 0."""
   if length < 2:
-    raise ValueError(f"length must leave room for a token and EOS, got {length}")
-  tokens = np.zeros((len(texts), length), np.int32)
-  for row, text in enumerate(texts):
-    ids = list(vocabulary.encode(text))[:length - 1] + [EOS_ID]
-    tokens[row, :len(ids)] = ids
-  return tokens, (tokens != PAD_ID).astype(np.int32)
+    raise UserError(f"text length {length} leaves no room for a token and EOS (T5)")
+  rows = [list(vocabulary.encode(text))[:length - 1] + [EOS_ID] for text in texts]
+  return backbone_lib.pad_rows(rows, length, PAD_ID)
 
 
 def _encode_classes(vocabulary, label_strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   """Each label string + EOS, padded to the longest: the decoder targets to score."""
   rows = [list(vocabulary.encode(label)) + [EOS_ID] for label in label_strings]
-  width = max(len(row) for row in rows)
-  tokens = np.zeros((len(rows), width), np.int32)
-  for index, row in enumerate(rows):
-    tokens[index, :len(row)] = row
-  return tokens, (tokens != PAD_ID).astype(np.int32)
+  return backbone_lib.pad_rows(rows, pad_id=PAD_ID)
 
 
 def _bundle(name: str, module: T5Backbone, load_params,
@@ -486,7 +467,8 @@ def t5(name: str = "t5",
                                      f"t5.checkpoint_path={checkpoint_path!r} (gin {name})")
     return params
 
-  return _bundle(name, module, load_params, _sentencepiece_vocabulary(vocabulary_path))
+  return _bundle(name, module, load_params,
+                 _vocabulary(vocabulary_path, binding="t5.vocabulary_path"))
 
 
 TINY_CONFIG = T5Config(vocab_size=32, emb_dim=16, num_heads=4, num_encoder_layers=2,
@@ -506,4 +488,4 @@ def tiny_t5(seed: int = 0, dtype: str = "float32") -> backbone_lib.PretrainedBac
   module = T5Backbone(dataclasses.replace(TINY_CONFIG, dtype=dtype))
   load_params = lambda: backbone_lib.random_params(module, seed=seed)
   return _bundle("tiny_t5", module, load_params,
-                 _sentencepiece_vocabulary(seqio_test_vocabulary_path()))
+                 _vocabulary(seqio_test_vocabulary_path(), binding="tiny_t5 vocabulary"))
