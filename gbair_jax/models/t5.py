@@ -68,7 +68,7 @@ class T5Config:
   remat: bool = False
 
   @property
-  def activation_dtype(self) -> jnp.dtype:
+  def compute_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.dtype)
 
 
@@ -226,12 +226,12 @@ class MlpBlock(nn.Module):
     hidden = None
     for index, activation in enumerate(cfg.mlp_activations):
       name = "wi" if len(cfg.mlp_activations) == 1 else f"wi_{index}"
-      h = Dense(cfg.mlp_dim, dtype=cfg.activation_dtype, name=name)(x)
+      h = Dense(cfg.mlp_dim, dtype=cfg.compute_dtype, name=name)(x)
       # T5X maps activation names onto flax.linen; nn.gelu is the tanh approximation
       # that T5 1.1 was trained with.
       h = h if activation == "linear" else getattr(nn, activation)(h)
       hidden = h if hidden is None else hidden * h
-    return Dense(x.shape[-1], dtype=cfg.activation_dtype, name="wo")(hidden)
+    return Dense(x.shape[-1], dtype=cfg.compute_dtype, name="wo")(hidden)
 
 
 class EncoderLayer(nn.Module):
@@ -242,7 +242,7 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
     cfg = self.config
-    dtype = cfg.activation_dtype
+    dtype = cfg.compute_dtype
     y = RmsNorm(dtype, name="pre_attention_layer_norm")(x)
     x = x + MultiHeadAttention(cfg.num_heads, cfg.head_dim, dtype, name="attention")(y, y, bias)
     y = RmsNorm(dtype, name="pre_mlp_layer_norm")(x)
@@ -258,7 +258,7 @@ class DecoderLayer(nn.Module):
   def __call__(self, x: jax.Array, encoded: jax.Array, self_bias: jax.Array,
                cross_bias: jax.Array) -> jax.Array:
     cfg = self.config
-    dtype = cfg.activation_dtype
+    dtype = cfg.compute_dtype
     attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.head_dim, dtype)
     y = RmsNorm(dtype, name="pre_self_attention_layer_norm")(x)
     x = x + attention(name="self_attention")(y, y, self_bias)
@@ -286,10 +286,10 @@ class Encoder(nn.Module):
                                   name="relpos_bias")(length, length, True)
     bias = relpos[None] + _padding_bias(mask)  # [B, H, T, T]
     layer_cls = nn.remat(EncoderLayer) if cfg.remat else EncoderLayer
-    x = embeddings.astype(cfg.activation_dtype)
+    x = embeddings.astype(cfg.compute_dtype)
     for index in range(cfg.num_encoder_layers):
       x = layer_cls(cfg, name=f"layers_{index}")(x, bias)
-    return RmsNorm(cfg.activation_dtype, name="encoder_norm")(x)
+    return RmsNorm(cfg.compute_dtype, name="encoder_norm")(x)
 
 
 class Decoder(nn.Module):
@@ -317,10 +317,10 @@ class Decoder(nn.Module):
       cross_bias = cross_bias[:, None]
 
     layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
-    y = self.embedder(decoder_input_tokens).astype(cfg.activation_dtype)
+    y = self.embedder(decoder_input_tokens).astype(cfg.compute_dtype)
     for index in range(cfg.num_decoder_layers):
       y = layer_cls(cfg, name=f"layers_{index}")(y, encoded, self_bias, cross_bias)
-    y = RmsNorm(cfg.activation_dtype, name="decoder_norm")(y)
+    y = RmsNorm(cfg.compute_dtype, name="decoder_norm")(y)
     if cfg.logits_via_embedding:
       # T5 1.0 ties the output layer to the embedding and rescales it.
       return self.embedder.attend(y.astype(jnp.float32)) / np.sqrt(y.shape[-1])
@@ -343,7 +343,7 @@ class T5Backbone(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.activation_dtype)
+    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.compute_dtype)
     self.encoder = Encoder(cfg)
     # The decoder embeds its inputs with the shared table, which stays at the top level.
     self.decoder = Decoder(cfg, embedder=self.token_embedder)
