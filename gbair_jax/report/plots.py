@@ -37,6 +37,7 @@ def plot_report(output_dir: str, report: dict) -> dict[str, str]:
           label="cumulative recall")
   ax.set_ylim(0, 1)
   ax.set_xlabel("round")
+  ax.set_xticks([r["round"] for r in scored])  # whole rounds, not 0.0, 0.2, ...
   ax.set_title("detection of corrupted labels")
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -55,6 +56,7 @@ def plot_comparison(path: str, results: dict[str, dict]) -> str:
   if clean:
     ax.axhline(clean["test"]["auc"], color="g", linestyle="--", label="clean")
   ax.set_xlabel("round")
+  ax.set_xticks(sorted({r["round"] for report in results.values() for r in report["rounds"]}))
   ax.set_ylabel("test AUC")
   ax.legend(fontsize=8)
   fig.tight_layout()
