@@ -83,10 +83,11 @@ def check_macros_used() -> None:
   """Refuses a macro that is bound but never referenced (`--gin.CORRUPTION_RATEE=0` would
   otherwise run with the default), suggesting the closest macro that is used."""
   import difflib  # pylint: disable=g-import-not-at-top
+  bindings = gin.config._CONFIG  # pylint: disable=protected-access  (gin has no public view)
   macro = gin.config.get_configurable(gin.config.macro)
-  bound = {scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"}  # pylint: disable=protected-access
+  bound = {scope for scope, selector in bindings if selector == "gin.macro"}
   used = {ref.scoped_selector.rsplit("/", 1)[0]
-          for ref in gin.config.iterate_references(gin.config._CONFIG, to=macro)}  # pylint: disable=protected-access
+          for ref in gin.config.iterate_references(bindings, to=macro)}
   unused = sorted(bound - used)
   if unused:
     close = difflib.get_close_matches(unused[0], sorted(used), n=1)

@@ -120,8 +120,9 @@ def main(argv: list[str]) -> int:
   args = _parser().parse_args(rest)
   if args.command == "influence":
     if overrides:  # one rule for gin: influence reads the run's own config.gin
-      raise UserError(f"gbair influence takes no gin flags (got --gin.{overrides[0].split(' ')[0]}): "
-                      "it reads the config.gin of --output_dir; start a new run to change it")
+      flag = overrides[0].split(" ")[0]
+      raise UserError(f"gbair influence takes no gin flags (got --gin.{flag}): it reads the "
+                      "config.gin of --output_dir; start a new run to change it")
     from gbair_jax.influence import command as influence_command
     influence_command.run(args.output_dir, args.round, args.queries, args.top_k)
     return 0

@@ -56,7 +56,6 @@ def test_object_store_write_needs_no_rename(ram_dir, monkeypatch):
 def test_json_is_strict():
   text = files.dumps_json({"a": float("nan"), "b": [float("inf"), 1.5], "c": None})
   assert "NaN" not in text and "Infinity" not in text
-  assert files.read_json  # noqa: B018
   import json
   assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": None}
 
@@ -75,3 +74,12 @@ def test_output_dir_problems_are_user_errors(tmp_path):
     files.make_output_dir(str(tmp_path / "f"))
   with pytest.raises(UserError, match="cannot create"):
     files.make_output_dir(str(tmp_path / "f" / "run"))
+
+
+def test_json_keeps_numpy_scalar_types():
+  import json
+  import numpy as np
+  text = files.dumps_json({"i": np.int64(5), "f": np.float32(0.5), "n": np.float64("nan"),
+                           "b": np.bool_(True)})
+  assert json.loads(text) == {"i": 5, "f": 0.5, "n": None, "b": True}
+  assert '"i": 5,' in text

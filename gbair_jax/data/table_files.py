@@ -2,8 +2,9 @@
 
 Rows are numbered from 1: for CSV/TSV row 1 is the first record after the header, for
 JSONL row N is line N. TSV is read without quote processing (a `"` is text), unless asked:
-one stray quote would otherwise swallow every line up to the next one. Parsed files are kept in memory (keyed by path, size and mtime) so
-that the three splits of one task read a file once; nothing is cached on disk.
+one stray quote would otherwise swallow every line up to the next one. Parsed files are
+kept in memory (keyed by path, size and mtime) so that the three splits of one task read a
+file once; nothing is cached on disk. Paths may be local or gs:// (runtime/files.py).
 """
 from __future__ import annotations
 

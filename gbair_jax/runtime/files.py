@@ -188,19 +188,16 @@ def write_text(path: str, text: str) -> None:
 
 
 def finite_json(value: Any) -> Any:
-  """`value` with every NaN or infinity replaced by None (JSON null): strict JSON parsers
-  reject the bare NaN that `json.dumps` writes by default."""
+  """`value` with every NaN or infinity replaced by None (JSON null), and numpy scalars
+  as Python numbers: strict JSON parsers reject the bare NaN `json.dumps` writes."""
   if isinstance(value, dict):
     return {k: finite_json(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [finite_json(v) for v in value]
-  if isinstance(value, float) or type(value).__module__ == "numpy":
-    try:
-      number = float(value)
-    except (TypeError, ValueError):
-      return value
-    if isinstance(value, float) or getattr(value, "ndim", 1) == 0:
-      return number if math.isfinite(number) else None
+  if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
   return value
 
 
