@@ -261,7 +261,7 @@ def checked_ledger(output_dir: str, train_source: dict, primary: bool) -> list:
     torn_round = torn.round if torn.round is not None else max(
         (e.round for e in entries), default=0)
     kept = [e for e in entries if e.round < torn_round]
-    if primary:
+    if primary:  # the others see the repaired file after the barrier below
       ledger_lib.write_ledger(path, kept)
       for r in _finished_rounds(output_dir):
         if r >= torn_round:
@@ -271,8 +271,10 @@ def checked_ledger(output_dir: str, train_source: dict, primary: bool) -> list:
       print(f"gbair: {path}, line {torn.line_number}: the last line was cut off; dropped it "
             f"and {len(entries) - len(kept)} entries of round {torn_round} and later, which "
             f"are done again from round {torn_round}", file=sys.stderr, flush=True)
-    distributed.barrier("ledger repaired")
-    entries = kept
+  # Every process, torn or not (another may have read the file before process 0 repaired
+  # it), waits for the repair and reads the ledger again.
+  distributed.barrier("ledger checked")
+  entries = read_ledger(path)
   if entries:  # every entry fits the data: known ids, old labels as they were then
     apply_ledger(train_source, entries, before_round=max(e.round for e in entries) + 1)
   for r in _finished_rounds(output_dir):
