@@ -40,10 +40,26 @@ def split_gin_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return rest, bindings
 
 
+_uri_reader_registered = False
+
+
+def _register_uri_reader() -> None:
+  """Lets gin read gin files (and a run's config.gin) from gs:// and other URIs."""
+  global _uri_reader_registered
+  if not _uri_reader_registered:
+    from gbair_jax.runtime import files  # pylint: disable=g-import-not-at-top
+    import io  # pylint: disable=g-import-not-at-top
+    gin.config.register_file_reader(
+        lambda path: io.StringIO(files.read_text(path)),
+        lambda path: not files.is_local(path) and files.isfile(path))
+    _uri_reader_registered = True
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
               search_paths: Sequence[str] = ()) -> None:
   """Parses gin files then bindings; unknown files/bindings raise UserError."""
   import_configurables()
+  _register_uri_reader()
   gin.clear_config()
   for path in [*search_paths, os.getcwd(), GIN_ROOT]:
     gin.add_config_file_search_path(path)
@@ -64,6 +80,23 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
     gin.finalize()
   except Exception as e:
     raise UserError(f"gin config: {one_line(e)}") from e
+  check_macros_used()
+
+
+def check_macros_used() -> None:
+  """Refuses a macro that is bound but never referenced (`--gin.CORRUPTION_RATEE=0` would
+  otherwise run with the default), suggesting the closest macro that is used."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  bindings = gin.config._CONFIG  # pylint: disable=protected-access  (gin has no public view)
+  macro = gin.config.get_configurable(gin.config.macro)
+  bound = {scope for scope, selector in bindings if selector == "gin.macro"}
+  used = {ref.scoped_selector.rsplit("/", 1)[0]
+          for ref in gin.config.iterate_references(bindings, to=macro)}
+  unused = sorted(bound - used)
+  if unused:
+    close = difflib.get_close_matches(unused[0], sorted(used), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise UserError(f"gin macro {unused[0]} is bound but nothing uses it{hint}")
 
 
 def one_line(error: BaseException) -> str:

@@ -10,9 +10,10 @@ Bad input prints one line (`gbair: error: ...`) and exits 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Rounds, references and resumed runs compile the same programs again: keep compiled XLA
@@ -23,10 +24,47 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 from gbair_jax.errors import UserError  # noqa: E402
 
+# TensorFlow's C++ start-up lines (absl's pre-init notice, oneDNN, CPU features, CUDA
+# probing) ignore TF_CPP_MIN_LOG_LEVEL and would precede every `gbair: error:` line.
+_TF_START_UP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} |"
+    r"E\d{4} .*(cuInit|cuda|CUDA)|To enable the following instructions:)")
+
+
+def import_tensorflow_quietly() -> None:
+  """Imports TensorFlow with file descriptor 2 captured, then passes on every line of what
+  it printed that is not start-up noise (so a real import problem still shows)."""
+  if "tensorflow" in sys.modules:
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow as tf  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+      # The first device query probes CUDA (another line); TF feeds data, JAX computes.
+      tf.config.set_visible_devices([], "GPU")
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      lines = captured.read().decode("utf-8", "replace").splitlines()
+      kept = [line for line in lines if line.strip() and not _TF_START_UP_NOISE.match(line)]
+      if kept:
+        print("\n".join(kept), file=sys.stderr)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+  """argparse, but a usage error is one `gbair: error:` line and exit 2, like bad input."""
+
+  def error(self, message: str):
+    raise UserError(f"{message} (see `{self.prog} --help`)")
+
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="gbair", description=__doc__.split("\n")[0])
-  commands = parser.add_subparsers(dest="command", required=True)
+  parser = _OneLineParser(prog="gbair", description=__doc__.split("\n")[0])
+  commands = parser.add_subparsers(dest="command", required=True,
+                                   parser_class=_OneLineParser)
 
   def gin_flags(p, output_dir=True):
     p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
@@ -41,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--process_id", type=int, default=None)
 
   data = commands.add_parser("data", help="inspect a task's data").add_subparsers(
-      dest="data_command", required=True)
+      dest="data_command", required=True, parser_class=_OneLineParser)
   describe = data.add_parser("describe", help="examples, labels and corruption per split")
   gin_flags(describe, output_dir=False)
   describe.add_argument("--json", action="store_true", help="print one JSON object")
@@ -76,10 +114,15 @@ def _maybe_distributed(args) -> None:
 
 
 def main(argv: list[str]) -> int:
+  import_tensorflow_quietly()
   from gbair_jax import config
   rest, overrides = config.split_gin_overrides(argv)
   args = _parser().parse_args(rest)
   if args.command == "influence":
+    if overrides:  # one rule for gin: influence reads the run's own config.gin
+      flag = overrides[0].split(" ")[0]
+      raise UserError(f"gbair influence takes no gin flags (got --gin.{flag}): it reads the "
+                      "config.gin of --output_dir; start a new run to change it")
     from gbair_jax.influence import command as influence_command
     influence_command.run(args.output_dir, args.round, args.queries, args.top_k)
     return 0
@@ -87,8 +130,10 @@ def main(argv: list[str]) -> int:
   _setup_gin(args, overrides)
   if args.command == "data":
     from gbair_jax.data import dataset, describe
+    from gbair_jax.runtime import files
     summary = describe.describe(dataset.load_data())
-    print(json.dumps(summary) if args.json else describe.format_description(summary))
+    print(files.dumps_json(summary, indent=None) if args.json
+          else describe.format_description(summary))
   elif args.command == "train":
     from gbair_jax.recovery import loop
     loop.train_only(args.output_dir)

@@ -31,7 +31,7 @@ def _data():
 
 def test_describe_dict():
   d = describe.describe(_data())
-  assert list(d) == ["task", "splits"] and d["task"] == "toy"
+  assert list(d) == ["task", "rows_read", "splits"] and d["task"] == "toy"
   train = d["splits"]["train"]
   assert set(train) == {"num_examples", "label_counts", "num_corrupted", "samples"}
   assert train["num_examples"] == 5

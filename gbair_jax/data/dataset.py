@@ -7,6 +7,7 @@ always the data as published.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import gin
 import numpy as np
@@ -15,6 +16,7 @@ from gbair_jax.data import columns as columns_lib
 from gbair_jax.data import corruption
 from gbair_jax.data import example_ids as ids_lib
 from gbair_jax.data import registration
+from gbair_jax.data import table_files
 from gbair_jax.data import tf_columns
 from gbair_jax.errors import UserError
 
@@ -28,11 +30,13 @@ class LabeledData:
     label_names: verbalizer per class, index = label id, e.g. ("not insult", "insult").
     splits: "train"/"validation"/"test" -> columns: example_id int64, text (object array
       of str), label int32 (current), original_label int32, is_corrupted bool.
+    rows_read: {path: data rows} of the CSV/TSV/JSONL files this load parsed.
   """
 
   task: str
   label_names: tuple[str, ...]
   splits: dict[str, dict[str, np.ndarray]]
+  rows_read: dict[str, int] = dataclasses.field(default_factory=dict)
 
   @property
   def num_classes(self) -> int:
@@ -62,6 +66,7 @@ def load_data(task: str = gin.REQUIRED, task_module: str | None = "tasks",
   """
   entry = registration.get_task(task, task_module)
   label_names = tuple(entry.label_names())
+  table_files.take_rows_read()  # count only the files this load reads
   splits = {}
   for split in columns_lib.SPLITS:
     dataset = entry.seqio_task.get_dataset(
@@ -74,7 +79,29 @@ def load_data(task: str = gin.REQUIRED, task_module: str | None = "tasks",
       dataset = _subset(dataset, max_test_examples, subset_seed, "max_test_examples")
     splits[split] = tf_columns.from_dataset(dataset)
   _check_labels(task, label_names, splits)
-  return LabeledData(task=task, label_names=label_names, splits=splits)
+  _check_not_empty(task, label_names, splits)
+  return LabeledData(task=task, label_names=label_names, splits=splits,
+                     rows_read=table_files.take_rows_read())
+
+
+def _check_not_empty(task: str, label_names: tuple[str, ...],
+                     splits: dict[str, columns_lib.Columns]) -> None:
+  """Every split has examples and every class has some: an empty split gives NaN metrics,
+  and a class nobody has is usually a misspelled or extra label name."""
+  for name in columns_lib.SPLITS:
+    if splits[name]["label"].size == 0:
+      raise UserError(f"task {task!r}: the {name} split is empty (check the data files and "
+                      "the split fractions / max_*_examples bindings)")
+  for label, label_name in enumerate(label_names):
+    present = [name for name in columns_lib.SPLITS
+               if np.any(splits[name]["original_label"] == label)]
+    if not present:
+      raise UserError(f"task {task!r}: class {label_name!r} (label {label}) has no example in "
+                      f"any split; check the label names {list(label_names)}")
+    missing = [name for name in columns_lib.SPLITS if name not in present]
+    if missing:
+      print(f"gbair: warning: task {task!r}: class {label_name!r} has no example in the "
+            f"{' and '.join(missing)} split", file=sys.stderr)
 
 
 def _subset(dataset, max_examples: int, seed: int, binding: str):

@@ -42,7 +42,12 @@ def describe(data: LabeledData) -> dict[str, Any]:
         "num_corrupted": int(np.count_nonzero(columns["is_corrupted"])),
         "samples": samples,
     }
-  return {"task": data.task, "splits": splits}
+  return {"task": data.task, "rows_read": dict(data.rows_read), "splits": splits}
+
+
+def format_rows_read(rows_read: dict[str, int]) -> list[str]:
+  """One line per data file: how many rows it gave (fewer than expected = a parsing trap)."""
+  return [f"read {rows} rows from {path}" for path, rows in rows_read.items()]
 
 
 def _clip(text: str) -> str:
@@ -64,7 +69,8 @@ def format_description(description: dict[str, Any]) -> str:
     return "  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
                      for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
 
-  out = [f"task: {description['task']}", line(header), line(["-" * w for w in widths])]
+  out = [f"task: {description['task']}", *format_rows_read(description.get("rows_read", {})),
+         line(header), line(["-" * w for w in widths])]
   out += [line(row) for row in rows]
   for name, info in splits.items():
     if info.get("samples"):

@@ -1,25 +1,27 @@
 """The ledger: `<output_dir>/ledger.jsonl`, one JSON line per label change G-BAIR makes.
 
 The source data is never modified; a run's training labels at round r are the source
-labels, plus corruption, plus the ledger lines of rounds < r. Appends are atomic (a new
-file replaces the old one), so a killed run never leaves half a line.
+labels, plus corruption, plus the ledger lines of rounds < r. Appends write the whole file
+at once, so a killed run never leaves half a line; a torn last line from elsewhere (a
+partial copy) is found on every read.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import os
-import tempfile
+import re
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from gbair_jax.data import table_files
 from gbair_jax.errors import UserError
+from gbair_jax.runtime import files
 
 FILE_NAME = "ledger.jsonl"
 _FIELDS = ("round", "example_id", "old_label", "new_label", "score", "strategy")
+_ROUND_PREFIX = re.compile(r'^\s*\{\s*"round"\s*:\s*(\d+)\s*,')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +46,7 @@ class LedgerEntry:
 
 def ledger_path(output_dir: str) -> str:
   """Where a run keeps its ledger."""
-  return os.path.join(output_dir, FILE_NAME)
+  return files.join(output_dir, FILE_NAME)
 
 
 def _is_int(value: object) -> bool:
@@ -64,68 +66,106 @@ def _parse_line(line: str, where: str) -> LedgerEntry:
   for name in ("round", "example_id", "old_label"):
     if not _is_int(record[name]):
       raise UserError(f"{where}, field {name!r}: expected an integer, got {record[name]!r}")
+  if record["round"] < 0:
+    raise UserError(f"{where}, field 'round': expected a round >= 0, got {record['round']}")
   if record["new_label"] is not None and not _is_int(record["new_label"]):
     raise UserError(f"{where}, field 'new_label': expected an integer or null")
   score = record["score"]
   if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
     raise UserError(f"{where}, field 'score': expected a number or null")
+  if not isinstance(record["strategy"], str):  # any name: strategies, human review, ...
+    raise UserError(f"{where}, field 'strategy': expected a string")
   return LedgerEntry(round=record["round"], example_id=record["example_id"],
                      old_label=record["old_label"], new_label=record["new_label"],
                      score=None if score is None else float(score),
-                     strategy=str(record["strategy"]))
+                     strategy=record["strategy"])
+
+
+@dataclasses.dataclass(frozen=True)
+class TornLine:
+  """A last line cut off mid-way (no newline, not valid JSON): what a crash or a partial
+  copy leaves. `round` is the round it names, when that part survived."""
+
+  line_number: int
+  text: str
+  round: int | None
+
+
+def check_ledger(path: str) -> tuple[list[LedgerEntry], TornLine | None]:
+  """Every line parsed and checked; a torn last line is returned apart, not raised.
+
+  Raises:
+    UserError: any other bad line (named by file and line).
+  """
+  if not files.exists(path):
+    return [], None
+  text = table_files.read_text(path)
+  lines = text.split("\n")
+  torn = None
+  if lines and lines[-1].strip():  # the file does not end with a newline
+    try:
+      json.loads(lines[-1])
+    except json.JSONDecodeError:
+      found = _ROUND_PREFIX.search(lines[-1])
+      torn = TornLine(line_number=len(lines), text=lines[-1],
+                      round=int(found.group(1)) if found else None)
+      lines = lines[:-1]
+  entries = []
+  for line_number, line in enumerate(lines, start=1):
+    if line.strip():
+      entries.append(_parse_line(line, f"{path}, line {line_number}"))
+  return entries, torn
 
 
 def read_ledger(path: str) -> list[LedgerEntry]:
-  """The entries in file order; a missing file is an empty ledger (a fresh run)."""
-  if not os.path.exists(path):
-    return []
-  text = table_files.read_text(path)
-  entries = []
-  for line_number, line in enumerate(text.split("\n"), start=1):
-    if line.strip():
-      entries.append(_parse_line(line, f"{path}, line {line_number}"))
+  """The entries in file order; a missing file is an empty ledger (a fresh run).
+
+  Raises:
+    UserError: a bad line, or a torn last line (rerunning the same `gbair run` repairs it).
+  """
+  entries, torn = check_ledger(path)
+  if torn is not None:
+    raise UserError(f"{path}, line {torn.line_number}: the last line is cut off (a crash or a "
+                    "partial copy?); rerun the same `gbair run` command to repair it")
   return entries
 
 
-def append_ledger(path: str, entries: Iterable[LedgerEntry]) -> None:
-  """Appends entries atomically: old lines + new lines go to a temp file that replaces `path`.
+def write_ledger(path: str, entries: Iterable[LedgerEntry]) -> None:
+  """Replaces the ledger with `entries` (used to drop a torn line and what follows it)."""
+  files.write_text(path, "".join(entry.to_json() + "\n" for entry in entries))
 
-  A reader, or a run killed at any instant, sees either the old ledger or the new one.
+
+def append_ledger(path: str, entries: Iterable[LedgerEntry]) -> None:
+  """Appends entries atomically: the whole new ledger replaces the old in one write.
+
+  A reader, or a run killed at any instant, sees either the old ledger or the new one
+  (local files: temp file + rename; object stores: one whole-object write). Callers that
+  may run at the same time as a `gbair run` must hold the run directory's lock.
+
+  Raises:
+    UserError: the ledger's last line is cut off (appending would bury it mid-file).
   """
   entries = list(entries)
   if not entries:
     return
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  old = b""
-  if os.path.exists(path):
-    with open(path, "rb") as f:
-      old = f.read()
-    if old and not old.endswith(b"\n"):
-      old += b"\n"
+  old = files.read_bytes(path) if files.exists(path) else b""
+  if old and not old.endswith(b"\n"):
+    raise UserError(f"{path}: the last line is cut off (a crash or a partial copy?); rerun "
+                    "the same `gbair run` command to repair it before appending")
   new = "".join(entry.to_json() + "\n" for entry in entries).encode("utf-8")
-  fd, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                   dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(old + new)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temp_path, path)
-  except BaseException:
-    if os.path.exists(temp_path):
-      os.remove(temp_path)
-    raise
-  try:  # make the rename itself durable
-    dir_fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(dir_fd)
-  except OSError:
-    pass
-  finally:
-    os.close(dir_fd)
+  files.makedirs(files.dirname(path))
+  files.write_bytes(path, old + new)
+
+
+def append_round(path: str, round_index: int, entries: Sequence[LedgerEntry]) -> None:
+  """Appends the entries of round `round_index`, which the ledger must not hold yet:
+  a round appended twice would change labels twice."""
+  if any(entry.round == round_index for entry in read_ledger(path)):
+    raise UserError(f"{path}: already holds entries of round {round_index}; refusing to "
+                    "append them again (two processes on one output_dir?)")
+  if any(entry.round != round_index for entry in entries):
+    raise ValueError(f"entries of other rounds passed to append_round({round_index})")
+  append_ledger(path, entries)
 
 
 def apply_ledger(split: Mapping[str, np.ndarray], entries: Sequence[LedgerEntry],

@@ -20,6 +20,7 @@ from gbair_jax.data import columns as columns_lib
 from gbair_jax.data import example_ids as ids_lib
 from gbair_jax.data import table_files
 from gbair_jax.errors import UserError
+from gbair_jax.runtime import files
 
 OK_CLASS = "__ok__"
 NOT_OK_CLASS = "__notok__"
@@ -32,7 +33,7 @@ PARLAI_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 def _require_dir(data_dir: str | None, binding: str, macro: str) -> str:
   if not data_dir:
     raise UserError(f"{binding} is not set: pass --gin.{macro}=\"'/path/to/folder'\"")
-  if not os.path.isdir(data_dir):
+  if not files.isdir(data_dir):
     raise UserError(f"{data_dir}: folder not found (set by {binding})")
   return data_dir
 
@@ -126,9 +127,8 @@ def bbf_split(kind: str, split: str) -> columns_lib.Columns:
   """One split of BBF single-turn `kind` ("standard" or "adversarial"), as columns."""
   options = bbf_options()
   data_dir = _require_dir(options["data_dir"], "bbf_options.data_dir", "BBF_DIR")
-  path = table_files.check_file(os.path.join(data_dir, SINGLE_TURN_FILE), "bbf_options.data_dir")
-  stat = os.stat(path)
-  dump = _load_json(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+  path = table_files.check_file(files.join(data_dir, SINGLE_TURN_FILE), "bbf_options.data_dir")
+  dump = _load_json(path, *files.stat_key(path))
   parlai_split = PARLAI_SPLITS[split]
   node = _child(_child(dump, kind, path, ""), parlai_split, path, kind)
   example_ids, texts, labels = [], [], []
@@ -168,9 +168,9 @@ def parse_parlai_line(line: str) -> dict[str, str]:
 
 
 def _bad_file(data_dir: str, parlai_split: str) -> str:
-  direct = os.path.join(data_dir, f"{parlai_split}.txt")
-  nested = os.path.join(data_dir, BAD_SUBDIR, f"{parlai_split}.txt")
-  if not os.path.exists(direct) and os.path.exists(nested):
+  direct = files.join(data_dir, f"{parlai_split}.txt")
+  nested = files.join(data_dir, BAD_SUBDIR, f"{parlai_split}.txt")
+  if not files.exists(direct) and files.exists(nested):
     return nested
   return table_files.check_file(direct, "bad_options.data_dir")
 

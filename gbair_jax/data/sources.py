@@ -17,6 +17,7 @@ from gbair_jax.data import example_ids as ids_lib
 from gbair_jax.data import splits as splits_lib
 from gbair_jax.data import table_files
 from gbair_jax.errors import UserError
+from gbair_jax.runtime import files
 
 INSULTS_LABEL_NAMES = ("not insult", "insult")
 ROTTEN_TOMATOES_LABEL_NAMES = ("negative", "positive")
@@ -90,8 +91,7 @@ def _nonempty(text: str | None, where: str) -> str:
 
 def _read_insults_file(path: str, file_name: str) -> columns_lib.Columns:
   table_files.check_file(path)
-  stat = os.stat(path)
-  return _parse_insults_file(path, file_name, stat.st_size, stat.st_mtime_ns)
+  return _parse_insults_file(path, file_name, *files.stat_key(path))
 
 
 # Unescaping is the slow part of a load, and each of the three splits asks for it.
@@ -127,8 +127,8 @@ def insults_splits(validation_fraction: float = 0.1, split_seed: int = 0,
   """
   splits_lib.check_fractions({"validation_fraction": validation_fraction}, "insults_splits")
   data_dir = data_dir or package_data_dir("insults", "data", "Inputs")
-  train = _read_insults_file(os.path.join(data_dir, "train.csv"), "train.csv")
-  test = _read_insults_file(os.path.join(data_dir, "test_with_solutions.csv"),
+  train = _read_insults_file(files.join(data_dir, "train.csv"), "train.csv")
+  test = _read_insults_file(files.join(data_dir, "test_with_solutions.csv"),
                             "test_with_solutions.csv")
   rows = splits_lib.stratified_split(train["example_id"], train["label"],
                                      {"validation": validation_fraction}, split_seed)

@@ -1,8 +1,10 @@
 """Reads CSV, TSV and JSONL text files into rows, with one-line errors for bad files.
 
 Rows are numbered from 1: for CSV/TSV row 1 is the first record after the header, for
-JSONL row N is line N. Parsed files are kept in memory (keyed by path, size and mtime) so
-that the three splits of one task read a file once; nothing is cached on disk.
+JSONL row N is line N. TSV is read without quote processing (a `"` is text), unless asked:
+one stray quote would otherwise swallow every line up to the next one. Parsed files are
+kept in memory (keyed by path, size and mtime) so that the three splits of one task read a
+file once; nothing is cached on disk. Paths may be local or gs:// (runtime/files.py).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import sys
 from typing import Any
 
 from gbair_jax.errors import UserError
+from gbair_jax.runtime import files
 
 FORMATS = ("csv", "tsv", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
@@ -25,6 +28,17 @@ _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 # Review-sized fields exceed csv's 128 KiB default.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+# Data rows each file gave since the last `take_rows_read()`: what `gbair data describe`
+# and `gbair run` print, so a file that parsed into fewer rows than it has lines shows.
+_rows_read: dict[str, int] = {}
+
+
+def take_rows_read() -> dict[str, int]:
+  """{path: data rows} of the files read since the last call (and forgets them)."""
+  rows = dict(_rows_read)
+  _rows_read.clear()
+  return rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +74,9 @@ def infer_format(path: str, file_format: str | None = None, binding: str | None 
 def check_file(path: str, binding: str | None = None) -> str:
   """Returns `path` if it is a readable file, else raises `UserError` naming the binding."""
   via = f" (set by {binding})" if binding else ""
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise UserError(f"{path}: file not found{via}")
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise UserError(f"{path}: not a file{via}")
   return path
 
@@ -70,8 +84,7 @@ def check_file(path: str, binding: str | None = None) -> str:
 def read_text(path: str, binding: str | None = None) -> str:
   """The file decoded as UTF-8 (a leading BOM dropped), or `UserError` at the first bad byte."""
   check_file(path, binding)
-  with open(path, "rb") as f:
-    data = f.read()
+  data = files.read_bytes(path)
   try:
     text = data.decode("utf-8")
   except UnicodeDecodeError as e:
@@ -81,27 +94,35 @@ def read_text(path: str, binding: str | None = None) -> str:
   return text[1:] if text.startswith("\ufeff") else text
 
 
-def read_table(path: str, file_format: str | None = None, binding: str | None = None) -> Table:
-  """Parses a CSV, TSV or JSONL file (see the module docstring for row numbering)."""
+def read_table(path: str, file_format: str | None = None, binding: str | None = None,
+               tsv_quotes: bool = False) -> Table:
+  """Parses a CSV, TSV or JSONL file (see the module docstring for row numbering).
+
+  `tsv_quotes=True` reads TSV with CSV-style quoting; a quoted field may then not hold
+  a newline or a tab (the sign of an unclosed quote), which is refused.
+  """
   check_file(path, binding)
   file_format = infer_format(path, file_format)
-  stat = os.stat(path)
-  return _read_table_cached(os.path.abspath(path), path, file_format,
-                            stat.st_size, stat.st_mtime_ns)
+  size, mtime_ns = files.stat_key(path)
+  key = os.path.abspath(path) if files.is_local(path) else path
+  table = _read_table_cached(key, path, file_format, bool(tsv_quotes), size, mtime_ns)
+  _rows_read[path] = len(table.rows)
+  return table
 
 
 @functools.lru_cache(maxsize=16)
-def _read_table_cached(abs_path: str, path: str, file_format: str, size: int,
-                       mtime_ns: int) -> Table:
+def _read_table_cached(abs_path: str, path: str, file_format: str, tsv_quotes: bool,
+                       size: int, mtime_ns: int) -> Table:
   del abs_path, size, mtime_ns  # cache key only: a changed file is read again
   if file_format == "jsonl":
     return _read_jsonl(path)
-  return _read_delimited(path, "\t" if file_format == "tsv" else ",")
+  if file_format == "tsv":
+    return _read_delimited(path, "\t", quotes=tsv_quotes)
+  return _read_delimited(path, ",", quotes=True)
 
 
-def _read_delimited(path: str, delimiter: str) -> Table:
-  with open(path, "rb") as f:
-    data = f.read()
+def _read_delimited(path: str, delimiter: str, quotes: bool) -> Table:
+  data = files.read_bytes(path)
   # surrogateescape keeps parsing past bad bytes so the error can name row and column.
   try:
     text = data.decode("utf-8")
@@ -114,7 +135,9 @@ def _read_delimited(path: str, delimiter: str) -> Table:
   # Split on "\n" only (str.splitlines also splits on U+2028 and friends, which may sit
   # in unquoted text); csv joins the lines of quoted multi-line fields. 4x faster than
   # iterating an io.StringIO.
-  reader = csv.reader((line + "\n" for line in text.split("\n")), delimiter=delimiter)
+  quoting = {} if quotes else {"quoting": csv.QUOTE_NONE}
+  reader = csv.reader((line + "\n" for line in text.split("\n")), delimiter=delimiter,
+                      **quoting)
   try:
     header = next(reader)
   except StopIteration:
@@ -133,6 +156,12 @@ def _read_delimited(path: str, delimiter: str) -> Table:
         raise UserError(f"{path}, row {row_number}: {len(fields)} fields but the header has "
                         f"{len(header)}")
       values = dict(zip(header, fields))
+      if quotes and delimiter == "\t":
+        for column, value in values.items():
+          if "\n" in value or "\t" in value:
+            raise UserError(f"{path}, row {row_number}, column {column!r}: a quoted field "
+                            "holds a newline or a tab (an unclosed quote?); read TSV "
+                            "without quotes (the default) or close the quote")
       if check_bytes:
         for column, value in values.items():
           if _UNDECODABLE.search(value):
@@ -149,8 +178,7 @@ def _read_delimited(path: str, delimiter: str) -> Table:
 
 
 def _read_jsonl(path: str) -> Table:
-  with open(path, "rb") as f:
-    lines = f.read().split(b"\n")
+  lines = files.read_bytes(path).split(b"\n")
   rows = []
   columns: dict[str, None] = {}  # ordered set of every key seen
   for line_number, raw in enumerate(lines, start=1):

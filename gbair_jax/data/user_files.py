@@ -39,6 +39,7 @@ class UserFilesOptions:
   validation_fraction: float
   test_fraction: float
   split_seed: int
+  tsv_quotes: bool = False
 
 
 @gin.configurable
@@ -53,7 +54,8 @@ def user_files_options(train_path: str | None = None,
                        file_format: str | None = None,
                        validation_fraction: float = 0.1,
                        test_fraction: float = 0.1,
-                       split_seed: int = 0) -> UserFilesOptions:
+                       split_seed: int = 0,
+                       tsv_quotes: bool = False) -> UserFilesOptions:
   """The user's data files and how to read them; every argument is a gin binding.
 
   Args:
@@ -72,6 +74,8 @@ def user_files_options(train_path: str | None = None,
     validation_fraction: see `validation_path`.
     test_fraction: see `test_path`.
     split_seed: which training-file rows are carved out.
+    tsv_quotes: read TSV files with CSV-style quotes; default False: in TSV a `"` is
+      text (one unclosed quote would otherwise swallow the lines after it).
   """
   if not train_path:
     raise UserError(f"{_BINDING}.train_path is not set: pass "
@@ -100,7 +104,7 @@ def user_files_options(train_path: str | None = None,
       test_path=test_path or None, text_column=text_column, label_column=label_column,
       label_names=names, label_values=values, id_column=id_column, file_format=file_format,
       validation_fraction=validation_fraction, test_fraction=test_fraction,
-      split_seed=split_seed)
+      split_seed=split_seed, tsv_quotes=bool(tsv_quotes))
 
 
 def user_label_names() -> tuple[str, ...]:
@@ -125,7 +129,8 @@ def _read_file(path: str, role: str, options: UserFilesOptions,
   """Columns of one file, and the "file, row, column" of each row for id messages."""
   table_files.check_file(path, binding)  # before the format: a missing file says so
   table = table_files.read_table(path, table_files.infer_format(
-      path, options.file_format, f"{_BINDING}.file_format"), binding)
+      path, options.file_format, f"{_BINDING}.file_format"), binding,
+                                 tsv_quotes=options.tsv_quotes)
   table.require_columns(options.text_column, binding=f"{_BINDING}.text_column")
   table.require_columns(options.label_column, binding=f"{_BINDING}.label_column")
   if options.id_column:
@@ -161,6 +166,26 @@ def _read_file(path: str, role: str, options: UserFilesOptions,
   return columns_lib.make_columns(example_ids, texts, labels), places
 
 
+def _rows_needed(fractions: dict[str, float]) -> int:
+  """The fewest rows a class needs so that every carved split, and train, get one."""
+  for rows in range(1, 100_000):
+    counts = [int(round(fraction * rows)) for fraction in fractions.values()]
+    if min(counts) >= 1 and rows - sum(counts) >= 1:
+      return rows
+  return 100_000
+
+
+def _empty_carved_split(name: str, fractions: dict[str, float], labels: np.ndarray,
+                        options: UserFilesOptions) -> str:
+  counts = np.bincount(labels, minlength=len(options.label_names))
+  per_class = ", ".join(f"{label} {count}" for label, count in zip(options.label_names, counts))
+  setting = (f"{_BINDING}.{name}_fraction={fractions[name]}" if name in fractions
+             else "the validation and test fractions")
+  return (f"{options.train_path}: the carved {name} split is empty: with {setting} "
+          f"each class needs at least {_rows_needed(fractions)} rows (this file has "
+          f"{per_class}); add rows or give {_BINDING}.{name}_path")
+
+
 def user_files_splits() -> dict[str, columns_lib.Columns]:
   """All three splits of the user's data as columns {example_id, text, label}."""
   options = user_files_options()
@@ -182,6 +207,11 @@ def user_files_splits() -> dict[str, columns_lib.Columns]:
     for name, indices in rows.items():
       data[name] = columns_lib.take_rows(train, indices)
       places[name] = [places["train"][i] for i in indices]
+    for name, indices in rows.items():
+      # A fraction that rounds to no row is a surprise; a fraction of 0 asked for none
+      # (load_data refuses the empty split then, with a message of its own).
+      if indices.size == 0 and fractions.get(name, 1.0) > 0:
+        raise UserError(_empty_carved_split(name, fractions, train["label"], options))
   all_places = [place for name in columns_lib.SPLITS for place in places[name]]
   ids_lib.check_unique_ids(
       np.concatenate([data[name]["example_id"] for name in columns_lib.SPLITS]),

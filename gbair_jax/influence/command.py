@@ -6,8 +6,6 @@ training set as it was labeled in that round, writes
 """
 from __future__ import annotations
 
-import json
-import os
 import textwrap
 
 import numpy as np
@@ -16,9 +14,10 @@ from gbair_jax import config
 from gbair_jax.data.ledger import apply_ledger, read_ledger
 from gbair_jax.errors import UserError
 from gbair_jax.influence import tracin
+from gbair_jax.runtime import files
 from gbair_jax.train import batches as batches_lib
 from gbair_jax.train import checkpoints
-from gbair_jax.train.experiment import CONFIG_FILE, build_experiment
+from gbair_jax.train.experiment import CONFIG_FILE, build_experiment, check_data
 from gbair_jax.train.trainer import predict_logits
 
 
@@ -44,20 +43,21 @@ def select_queries(validation: dict, logits: np.ndarray, queries: str) -> dict:
 
 def run(output_dir: str, round_index: int, queries: str = "misclassified", top_k: int = 5,
         progress: bool = True) -> str:
-  round_dir = os.path.join(output_dir, f"round_{round_index}")
-  config_path = os.path.join(output_dir, CONFIG_FILE)
-  if not os.path.exists(config_path):
+  round_dir = files.join(output_dir, f"round_{round_index}")
+  config_path = files.join(output_dir, CONFIG_FILE)
+  if not files.exists(config_path):
     raise UserError(f"{config_path}: not found; --output_dir must be a run written by "
                     "`gbair train` or `gbair run`")
+  if top_k < 1:
+    raise UserError(f"--top_k must be >= 1, got {top_k}")
+  config.parse_gin([config_path])  # first: it says where the checkpoints are
   ckpts = checkpoints.load_tracin_checkpoints(round_dir)
   if not ckpts:
     raise UserError(f"{round_dir}: no finished epoch checkpoints for --round={round_index}")
-  if top_k < 1:
-    raise UserError(f"--top_k must be >= 1, got {top_k}")
-  config.parse_gin([config_path])
   exp = build_experiment()
+  check_data(output_dir, exp.data)  # the run's data, not a file edited since
   splits = exp.tokenized_splits()
-  train = apply_ledger(splits["train"], read_ledger(os.path.join(output_dir, "ledger.jsonl")),
+  train = apply_ledger(splits["train"], read_ledger(files.join(output_dir, "ledger.jsonl")),
                        before_round=round_index)
   validation = splits["validation"]
   logits = predict_logits(exp.spec, ckpts[-1][0], exp.frozen, validation)
@@ -87,15 +87,11 @@ def run(output_dir: str, round_index: int, queries: str = "misclassified", top_k
                     "predicted": names[predicted[int(qid)]],
                     "proponents": described(result.proponent_ids[m], result.proponent_scores[m]),
                     "opponents": described(result.opponent_ids[m], result.opponent_scores[m])})
-  out_dir = os.path.join(round_dir, "influence")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = files.join(round_dir, "influence")
+  files.makedirs(out_dir)
   safe = queries.replace(":", "_").replace(",", "-")[:60]
-  path = os.path.join(out_dir, f"{safe}_top{top_k}.jsonl")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for rec in records:
-      f.write(json.dumps(rec) + "\n")
-  os.replace(tmp, path)
+  path = files.join(out_dir, f"{safe}_top{top_k}.jsonl")
+  files.write_text(path, "".join(files.dumps_json(rec, indent=None) + "\n" for rec in records))
   print(format_records(records))
   print(f"influence: {path}")
   return path

@@ -5,27 +5,39 @@ so its checkpoints are trained once and copied; the clean reference is trained o
 """
 from __future__ import annotations
 
-import os
-import shutil
-
 import gin
 
+from gbair_jax.errors import UserError
 from gbair_jax.influence import distributed
 from gbair_jax.recovery import loop
 from gbair_jax.recovery.strategies import get_strategy
+from gbair_jax.recovery import actions
 from gbair_jax.report import plots, writer
-from gbair_jax.train.experiment import build_experiment, claim_output_dir
+from gbair_jax.runtime import files
+from gbair_jax.train import checkpoints
+from gbair_jax.train.experiment import (build_experiment, check_output_dir_free,
+                                        claim_output_dir)
 
 
 def compare(output_dir: str, strategies: list[str]) -> dict[str, dict]:
+  if not strategies:
+    raise UserError("--strategies: give at least one strategy")
   for name in strategies:
     get_strategy(name)  # unknown names fail before any training
-  claim_output_dir(output_dir, gin.config_str() + f"\n# strategies: {','.join(strategies)}\n")
-  experiment = build_experiment()
+  check_output_dir_free(output_dir)
+  checkpoints.checkpoint_dir(files.join(output_dir, strategies[0], "round_0"))
+  experiment = build_experiment()  # data and settings checked before output_dir is touched
+  actions.selection_size(len(experiment.data.splits["train"]["label"]))
+  config_text = gin.config_str() + f"\n# strategies: {','.join(strategies)}\n"
+  with claim_output_dir(output_dir, config_text, experiment.data):
+    return _compare(output_dir, strategies, experiment)
+
+
+def _compare(output_dir: str, strategies: list[str], experiment) -> dict[str, dict]:
   results = {}
   first_dir = None
   for i, name in enumerate(strategies):
-    run_dir = os.path.join(output_dir, name)
+    run_dir = files.join(output_dir, name)
     if first_dir is not None:
       if distributed.is_primary():
         _share_round_zero(first_dir, run_dir)
@@ -55,20 +67,22 @@ def compare(output_dir: str, strategies: list[str]) -> dict[str, dict]:
     table += (f"\n\nclean reference: test auc {clean['test']['auc']:.3f}, accuracy "
               f"{clean['test']['accuracy']:.3f}, f1 {clean['test']['f1']:.3f}")
   if distributed.is_primary():  # several processes: all compute, process 0 writes
-    plot = plots.plot_comparison(os.path.join(output_dir, "comparison.png"), results)
-    with open(os.path.join(output_dir, "comparison.md"), "w") as f:
-      f.write(f"# Strategy comparison\n\n{table}\n\n![test AUC by round]({os.path.basename(plot)})\n")
+    plot = plots.plot_comparison(files.join(output_dir, "comparison.png"), results)
+    files.write_text(files.join(output_dir, "comparison.md"),
+                     f"# Strategy comparison\n\n{table}\n\n"
+                     f"![test AUC by round]({files.basename(plot)})\n")
     print(table)
-    print(f"comparison: {os.path.join(output_dir, 'comparison.md')}")
+    print(f"comparison: {files.join(output_dir, 'comparison.md')}")
   return results
 
 
 def _share_round_zero(source_run: str, target_run: str) -> None:
   """Copies round 0's checkpoints and metrics: same data, seed and config give the same
   training, so retraining it per strategy would only cost time."""
-  source, target = os.path.join(source_run, "round_0"), os.path.join(target_run, "round_0")
-  if os.path.exists(target):
+  source, target = files.join(source_run, "round_0"), files.join(target_run, "round_0")
+  if files.exists(target):
     return
-  os.makedirs(target)
-  shutil.copytree(os.path.join(source, "checkpoints"), os.path.join(target, "checkpoints"))
-  shutil.copy(os.path.join(source, "metrics.json"), os.path.join(target, "metrics.json"))
+  files.makedirs(target)
+  files.copytree(checkpoints.checkpoint_dir(source), checkpoints.checkpoint_dir(target))
+  files.write_bytes(files.join(target, "metrics.json"),
+                    files.read_bytes(files.join(source, "metrics.json")))

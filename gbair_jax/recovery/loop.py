@@ -2,19 +2,21 @@
 
 Round r trains on the source labels + corruption + ledger entries of rounds < r. Every
 round ends by writing `round_<r>/round.json`; a rerun of the same command skips finished
-rounds and finished epochs, so a killed run ends with the same ledger and report.
+rounds and finished epochs, so a killed run ends with the same ledger and report. The run
+directory is locked while a command writes it, and the ledger is checked on every start.
 """
 from __future__ import annotations
 
-import json
-import os
+import re
+import sys
 import time
 
 import gin
 import numpy as np
 
+from gbair_jax.data import describe as describe_lib
 from gbair_jax.data import ledger as ledger_lib
-from gbair_jax.data.ledger import append_ledger, apply_ledger, read_ledger
+from gbair_jax.data.ledger import apply_ledger, read_ledger
 from gbair_jax.errors import UserError
 from gbair_jax.influence import distributed
 from gbair_jax.recovery import actions
@@ -22,35 +24,38 @@ from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery import tracin_strategies  # noqa: F401  (registers G-BAIR strategies)
 from gbair_jax.recovery.strategies import get_strategy
 from gbair_jax.report import writer as report_writer
+from gbair_jax.runtime import files
 from gbair_jax.train import checkpoints
-from gbair_jax.train.experiment import Experiment, build_experiment, claim_output_dir
+from gbair_jax.train.experiment import (Experiment, build_experiment, check_output_dir_free,
+                                        claim_output_dir)
 from gbair_jax.train.trainer import predict_logits, train_prompt
 
 LEDGER_FILE = ledger_lib.FILE_NAME
 RETRAIN_MODES = ("fresh", "warm_start")
 REFERENCES = ("clean", "no_recovery")
+_ROUND_DIR = re.compile(r"round_(\d+)")
 
 
-def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
+def _print_rows_read(exp: Experiment) -> None:
+  for line in describe_lib.format_rows_read(exp.data.rows_read):
+    print(line, flush=True)
 
 
 def train_only(output_dir: str) -> dict:
   """`gbair train`: round 0 only, no scoring; returns round_0/metrics.json's content."""
-  claim_output_dir(output_dir, gin.config_str())
-  exp = build_experiment()
+  round_dir = files.join(output_dir, "round_0")
+  check_output_dir_free(output_dir)  # refused at once, not after loading the data
+  checkpoints.checkpoint_dir(round_dir)  # a filesystem Orbax cannot write: refused first
+  exp = build_experiment()  # loads and checks the data before anything is written
   splits = exp.tokenized_splits()
-  result = train_prompt(exp.spec, exp.frozen, splits, os.path.join(output_dir, "round_0"))
-  print(f"test: {json.dumps(result.metrics.get('test', {}))}")
-  print(f"metrics: {os.path.join(output_dir, 'round_0', 'metrics.json')}")
+  primary = distributed.is_primary()
+  if primary:
+    _print_rows_read(exp)
+  with claim_output_dir(output_dir, gin.config_str(), exp.data):
+    result = train_prompt(exp.spec, exp.frozen, splits, round_dir, progress=primary)
+  if primary:
+    print(f"test: {files.dumps_json(result.metrics.get('test', {}), indent=None)}")
+    print(f"metrics: {files.join(round_dir, 'metrics.json')}")
   return result.metrics
 
 
@@ -66,6 +71,20 @@ def label_quality(train_source: dict, entries: list, through_round: int) -> dict
           "recall_cumulative": float(found / max(len(corrupted_ids), 1))}
 
 
+def normalize_references(references) -> tuple[str, ...]:
+  """`run.references` as a tuple of names: None or () means none, a string means one."""
+  if references is None:
+    return ()
+  if isinstance(references, str):
+    references = (references,)
+  references = tuple(references)
+  for ref in references:
+    if ref not in REFERENCES:
+      raise UserError(f"run.references: unknown {ref!r} (expected clean and/or no_recovery, "
+                      "or None for none)")
+  return references
+
+
 @gin.configurable(denylist=["output_dir", "experiment"])
 def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents",
         action: str = "relabel", retrain: str = "fresh",
@@ -74,7 +93,8 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
   """Runs G-BAIR rounds 0..num_rounds (the last one only trains and evaluates).
 
   Args:
-    output_dir: the run's directory (refused if it holds a different config).
+    output_dir: the run's directory (refused if it holds a different config or data, or
+      another process writes it).
     num_rounds: recovery rounds (select + act); the run trains num_rounds + 1 times.
     strategy: selection strategy name (tracin_opponents, loss, self_influence, random,
       confident_learning, ...).
@@ -82,34 +102,65 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
     retrain: fresh (new prompt each round) | warm_start (continue from the last prompt).
     references: which reference results to add to the report: "clean" trains once on the
       uncorrupted labels; "no_recovery" is round 0 (same config, no label changed).
+      None or () adds none.
   """
-  references = ("clean", "no_recovery") if references is None else tuple(references)
+  references = normalize_references(references)
   if retrain not in RETRAIN_MODES:
     raise UserError(f"run.retrain='{retrain}' is unknown (expected fresh or warm_start)")
   if action not in actions.ACTIONS:
     raise UserError(f"run.action='{action}' is unknown (expected relabel or remove)")
-  for ref in references:
-    if ref not in REFERENCES:
-      raise UserError(f"run.references: unknown '{ref}' (expected clean and/or no_recovery)")
   if num_rounds < 0:
     raise UserError(f"run.num_rounds must be >= 0, got {num_rounds}")
   strategy_fn = get_strategy(strategy)  # fail before any work on an unknown name
   primary = distributed.is_primary()  # several processes: all compute, process 0 writes
   progress = progress and primary
-  claim_output_dir(output_dir, gin.config_str() + f"\n# strategy: {strategy}\n")
+  check_output_dir_free(output_dir)  # refused at once, not after loading the data
+  checkpoints.checkpoint_dir(files.join(output_dir, "round_0"))  # refused before any work
+  # Everything the user gave is checked before output_dir is touched: a refused command
+  # writes nothing, and the corrected one can use the same directory.
   exp = experiment or build_experiment()
   splits = exp.tokenized_splits()
   train_source = splits["train"]
   selection_count = actions.selection_size(len(train_source["label"]))
-  ledger_path = os.path.join(output_dir, LEDGER_FILE)
+  if progress:
+    _print_rows_read(exp)
+  config_text = gin.config_str() + f"\n# strategy: {strategy}\n"
+  with claim_output_dir(output_dir, config_text, exp.data):
+    rounds = _rounds(output_dir, exp, splits, num_rounds, strategy, strategy_fn, action,
+                     retrain, selection_count, primary, progress)
+    report = {
+        # The config recorded when the directory was claimed: the same in every rerun.
+        "config": config_text,
+        "task": exp.data.task,
+        "strategy": strategy,
+        "action": action,
+        "num_train": int(len(train_source["label"])),
+        "num_corrupted": int(train_source["is_corrupted"].sum()),
+        "rounds": rounds,
+        "references": _references(exp, splits, output_dir, references, rounds, progress),
+    }
+    if primary:
+      report_writer.write_report(output_dir, report, exp.data.label_names)
+  if progress:
+    print(report_writer.format_table(report))
+    print(f"report: {files.join(output_dir, 'report.md')}")
+  return report
 
+
+def _rounds(output_dir: str, exp: Experiment, splits: dict, num_rounds: int, strategy: str,
+            strategy_fn, action: str, retrain: str, selection_count: int, primary: bool,
+            progress: bool) -> list[dict]:
+  """Rounds 0..num_rounds, each reused from round.json when finished; their summaries."""
+  train_source = splits["train"]
+  ledger_path = files.join(output_dir, LEDGER_FILE)
+  checked_ledger(output_dir, train_source, primary)
   rounds: list[dict] = []
   previous_prompt = None
   for r in range(num_rounds + 1):
-    round_dir = os.path.join(output_dir, f"round_{r}")
-    summary_path = os.path.join(round_dir, "round.json")
-    if os.path.exists(summary_path):  # finished before a kill: reuse it
-      summary = _read_json(summary_path)
+    round_dir = files.join(output_dir, f"round_{r}")
+    summary_path = files.join(round_dir, "round.json")
+    if files.exists(summary_path):  # finished before a kill: reuse it
+      summary = files.read_json(summary_path)
       rounds.append(summary)
       last_epoch = checkpoints.list_checkpoints(round_dir)[-1].epoch
       previous_prompt = checkpoints.load_prompt(round_dir, last_epoch)
@@ -133,65 +184,119 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
 
     if r < num_rounds:
       started = time.time()
-      ctx = RoundContext(
-          spec=exp.spec, frozen=exp.frozen, train=train, validation=splits["validation"],
-          checkpoints=checkpoints.load_tracin_checkpoints(round_dir), final_prompt=result.prompt,
-          train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train),
-          validation_logits=predict_logits(exp.spec, result.prompt, exp.frozen, splits["validation"]),
-          seed=r, progress=progress)
-      scores = strategy_fn(ctx)
-      changed = np.isin(train["example_id"], [e.example_id for e in entries])
-      selected = actions.select_suspects(scores, selection_count, exclude=changed)
-      new_entries = actions.act(action, selected, train, ctx.train_logits, scores, r, strategy)
-      # Idempotent: a kill between the ledger append and round.json must not append twice.
-      if primary and not any(e.round == r for e in entries):
-        report_writer.write_suspects(os.path.join(round_dir, "suspects.jsonl"), new_entries,
-                                     train, exp.data.label_names)
-        append_ledger(ledger_path, new_entries)
+      validation_logits = predict_logits(exp.spec, result.prompt, exp.frozen, splits["validation"])
+      own = [e for e in entries if e.round == r]
+      if own:
+        # Killed after this round's ledger append and before round.json (or between the
+        # append and the barrier of several processes): the ledger is the round's record.
+        # Selecting again would exclude these very entries and pick other examples.
+        row_of = {int(i): n for n, i in enumerate(train["example_id"])}
+        selected = np.array([row_of[e.example_id] for e in own], np.int64)
+        suspects_path = files.join(round_dir, "suspects.jsonl")
+        if primary and not files.exists(suspects_path):
+          report_writer.write_suspects(suspects_path, own, train, exp.data.label_names)
+      else:
+        ctx = RoundContext(
+            spec=exp.spec, frozen=exp.frozen, train=train, validation=splits["validation"],
+            checkpoints=checkpoints.load_tracin_checkpoints(round_dir),
+            final_prompt=result.prompt,
+            train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train),
+            validation_logits=validation_logits, seed=r, progress=progress)
+        scores = strategy_fn(ctx)
+        changed = np.isin(train["example_id"], [e.example_id for e in entries])
+        selected = actions.select_suspects(scores, selection_count, exclude=changed)
+        new_entries = actions.act(action, selected, train, ctx.train_logits, scores, r, strategy)
+        if primary:
+          report_writer.write_suspects(files.join(round_dir, "suspects.jsonl"), new_entries,
+                                       train, exp.data.label_names)
+          ledger_lib.append_round(ledger_path, r, new_entries)
       summary["selected"] = len(selected)
       summary["precision"] = (float(np.mean(train["is_corrupted"][selected]))
                               if len(selected) else None)
-      summary["num_misclassified_validation"] = int(len(ctx.misclassified["label"]))
+      summary["num_misclassified_validation"] = int(np.sum(
+          validation_logits.argmax(-1) != splits["validation"]["label"]))
       summary["seconds"]["score"] = time.time() - started
     distributed.barrier(f"ledger of round {r}")  # all read what process 0 appended
     summary.update(label_quality(train_source, read_ledger(ledger_path), r))
     if primary:
-      _write_json(summary_path, summary)
+      files.write_json(summary_path, summary)
     distributed.barrier(f"round {r} done")
     rounds.append(summary)
     if progress:
       print(report_writer.format_round(summary), flush=True)
     if summary["selected"] == 0 and r < num_rounds:
       break  # nothing left to change: later rounds would repeat this one
+  return rounds
 
-  report = {
-      "config": gin.operative_config_str(),
-      "task": exp.data.task,
-      "strategy": strategy,
-      "action": action,
-      "num_train": int(len(train_source["label"])),
-      "num_corrupted": int(train_source["is_corrupted"].sum()),
-      "rounds": rounds,
-      "references": _references(exp, splits, output_dir, references, rounds, progress),
-  }
-  if primary:
-    report_writer.write_report(output_dir, report, exp.data.label_names)
-  if progress:
-    print(report_writer.format_table(report))
-    print(f"report: {os.path.join(output_dir, 'report.md')}")
-  return report
+
+def _finished_rounds(output_dir: str) -> list[int]:
+  if not files.isdir(output_dir):
+    return []
+  found = (_ROUND_DIR.fullmatch(name) for name in files.listdir(output_dir))
+  return sorted(int(m.group(1)) for m in found if m)
+
+
+def _discard_round(output_dir: str, r: int, keep_training: bool) -> None:
+  """Forgets round r's selection (and, unless keep_training, its training too)."""
+  round_dir = files.join(output_dir, f"round_{r}")
+  for name in ("round.json", "suspects.jsonl"):
+    files.remove(files.join(round_dir, name))
+  if not keep_training:
+    if not files.is_local(round_dir):  # checkpoints may live in a local stand-in folder
+      files.rmtree(checkpoints.checkpoint_dir(round_dir))
+    files.rmtree(round_dir)
+
+
+def checked_ledger(output_dir: str, train_source: dict, primary: bool) -> list:
+  """The run's ledger, checked against the data and the finished rounds.
+
+  A torn last line (a crash or a partial copy) is repaired: it and every entry of its
+  round and later rounds are dropped, with a message, and those rounds are done again
+  (the torn round keeps its training, which used earlier rounds only). Anything else
+  that does not fit stops the run with one line.
+  """
+  path = files.join(output_dir, LEDGER_FILE)
+  entries, torn = ledger_lib.check_ledger(path)
+  if torn is not None:
+    torn_round = torn.round if torn.round is not None else max(
+        (e.round for e in entries), default=0)
+    kept = [e for e in entries if e.round < torn_round]
+    if primary:  # the others see the repaired file after the barrier below
+      ledger_lib.write_ledger(path, kept)
+      for r in _finished_rounds(output_dir):
+        if r >= torn_round:
+          _discard_round(output_dir, r, keep_training=r == torn_round)
+      for name in ("report.json", "report.md"):
+        files.remove(files.join(output_dir, name))
+      print(f"gbair: {path}, line {torn.line_number}: the last line was cut off; dropped it "
+            f"and {len(entries) - len(kept)} entries of round {torn_round} and later, which "
+            f"are done again from round {torn_round}", file=sys.stderr, flush=True)
+  # Every process, torn or not (another may have read the file before process 0 repaired
+  # it), waits for the repair and reads the ledger again.
+  distributed.barrier("ledger checked")
+  entries = read_ledger(path)
+  if entries:  # every entry fits the data: known ids, old labels as they were then
+    apply_ledger(train_source, entries, before_round=max(e.round for e in entries) + 1)
+  for r in _finished_rounds(output_dir):
+    summary_path = files.join(output_dir, f"round_{r}", "round.json")
+    if files.exists(summary_path):
+      selected = files.read_json(summary_path).get("selected", 0)
+      if selected and not any(e.round == r for e in entries):
+        raise UserError(f"{summary_path}: round {r} changed {selected} labels but {path} has "
+                        f"no entry of round {r} (ledger replaced or edited?)")
+  return entries
 
 
 def _references(exp: Experiment, splits: dict, output_dir: str, references: tuple,
                 rounds: list[dict], progress: bool) -> dict:
   out = {}
   if "clean" in references:
-    clean_dir = os.path.join(output_dir, "references", "clean")
+    clean_dir = files.join(output_dir, "references", "clean")
     train = dict(splits["train"])
     train["label"] = train["original_label"].copy()
-    metrics_path = os.path.join(clean_dir, "metrics.json")
-    if os.path.exists(metrics_path):
-      metrics = _read_json(metrics_path)
+    metrics_path = files.join(clean_dir, "metrics.json")
+    if files.exists(metrics_path):
+      metrics = files.read_json(metrics_path)
     else:
       metrics = train_prompt(exp.spec, exp.frozen, {**splits, "train": train}, clean_dir,
                              progress=progress).metrics
@@ -201,4 +306,3 @@ def _references(exp: Experiment, splits: dict, output_dir: str, references: tupl
     out["no_recovery"] = {"test": rounds[0]["test"], "validation": rounds[0]["validation"],
                           "note": "round 0 of this run: same config, no label changed"}
   return out
-

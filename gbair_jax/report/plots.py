@@ -2,12 +2,12 @@
 precision/recall by round. Headless (Agg backend)."""
 from __future__ import annotations
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from gbair_jax.runtime import files  # noqa: E402
 
 
 def plot_report(output_dir: str, report: dict) -> dict[str, str]:
@@ -28,7 +28,7 @@ def plot_report(output_dir: str, report: dict) -> dict[str, str]:
   axes[0].legend(fontsize=8)
   fig.suptitle(f"{report['task']}: {report['strategy']} / {report['action']}")
   fig.tight_layout()
-  paths["test metrics by round"] = _save(fig, os.path.join(output_dir, "test_metrics.png"))
+  paths["test metrics by round"] = _save(fig, files.join(output_dir, "test_metrics.png"))
 
   scored = [r for r in report["rounds"] if r.get("precision") is not None]
   fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -41,7 +41,7 @@ def plot_report(output_dir: str, report: dict) -> dict[str, str]:
   ax.set_title("detection of corrupted labels")
   ax.legend(fontsize=8)
   fig.tight_layout()
-  paths["precision and recall by round"] = _save(fig, os.path.join(output_dir, "detection.png"))
+  paths["precision and recall by round"] = _save(fig, files.join(output_dir, "detection.png"))
   return paths
 
 
@@ -64,8 +64,6 @@ def plot_comparison(path: str, results: dict[str, dict]) -> str:
 
 
 def _save(fig, path: str) -> str:
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
+  files.save_figure(fig, path)
   plt.close(fig)
-  os.replace(tmp, path)
   return path

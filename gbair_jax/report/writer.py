@@ -5,10 +5,10 @@ reads first; plots.py draws the PNGs referenced from it.
 """
 from __future__ import annotations
 
-import json
-import os
 
 import numpy as np
+
+from gbair_jax.runtime import files
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -21,16 +21,15 @@ def write_suspects(path: str, entries, train: dict, label_names) -> None:
   """One JSON line per changed example, with its text, so every change can be audited."""
   row_of = {int(i): n for n, i in enumerate(train["example_id"])}
   name = lambda label: None if label is None else label_names[label]
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for e in entries:
-      row = row_of[e.example_id]
-      f.write(json.dumps({
-          "example_id": e.example_id, "text": str(train["text"][row]),
-          "old_label": name(e.old_label), "new_label": name(e.new_label), "score": e.score,
-          "strategy": e.strategy, "was_corrupted": bool(train["is_corrupted"][row]),
-          "original_label": name(int(train["original_label"][row]))}) + "\n")
-  os.replace(tmp, path)
+  lines = []
+  for e in entries:
+    row = row_of[e.example_id]
+    lines.append(files.dumps_json({
+        "example_id": e.example_id, "text": str(train["text"][row]),
+        "old_label": name(e.old_label), "new_label": name(e.new_label), "score": e.score,
+        "strategy": e.strategy, "was_corrupted": bool(train["is_corrupted"][row]),
+        "original_label": name(int(train["original_label"][row]))}, indent=None) + "\n")
+  files.write_text(path, "".join(lines))
 
 
 ROUND_COLUMNS = ("round", "selected", "precision", "recall_cumulative", "corrupted_remaining",
@@ -83,7 +82,7 @@ def write_report(output_dir: str, report: dict, label_names) -> None:
   from gbair_jax.report import plots  # matplotlib only when a report is written
   report = dict(report)
   report["recovered_share_of_lost_auc"] = recovered_share(report, "auc")
-  _write(os.path.join(output_dir, "report.json"), json.dumps(report, indent=2))
+  files.write_json(files.join(output_dir, "report.json"), report)  # NaN -> null
   figures = plots.plot_report(output_dir, report)
   changed = sum(r["selected"] for r in report["rounds"])
   true_changes = sum(round(r["selected"] * r["precision"]) for r in report["rounds"]
@@ -97,26 +96,17 @@ def write_report(output_dir: str, report: dict, label_names) -> None:
         + (f" ({true_changes / changed:.0%})." if changed else "."),
         f"Share of the test AUC lost to corruption that the final round recovered: "
         f"{_fmt(report['recovered_share_of_lost_auc'])}.", ""]
-  md += [f"![{name}]({os.path.basename(path)})" for name, path in figures.items()]
+  md += [f"![{name}]({files.basename(path)})" for name, path in figures.items()]
   md += ["", "Audit every change in `round_<r>/suspects.jsonl`; the ledger is `ledger.jsonl`.", ""]
-  _write(os.path.join(output_dir, "report.md"), "\n".join(md))
+  files.write_text(files.join(output_dir, "report.md"), "\n".join(md))
   _write_tensorboard(output_dir, report)
 
 
-def _write(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _write_tensorboard(output_dir: str, report: dict) -> None:
-  from clu import metric_writers
-  writer = metric_writers.create_default_writer(os.path.join(output_dir, "tensorboard"),
-                                                asynchronous=False)
+  writer = files.tensorboard_writer(files.join(output_dir, "tensorboard"))
   for r in report["rounds"]:
-    scalars = {f"test/{k}": v for k, v in r["test"].items()}
-    scalars.update({f"validation/{k}": v for k, v in r["validation"].items()})
+    scalars = {f"test/{k}": v for k, v in r["test"].items() if v is not None}
+    scalars.update({f"validation/{k}": v for k, v in r["validation"].items() if v is not None})
     scalars["selected"] = r["selected"]
     scalars["recall_cumulative"] = r.get("recall_cumulative", 0.0)
     if r.get("precision") is not None:

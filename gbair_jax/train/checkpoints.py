@@ -2,7 +2,9 @@
 
 Layout: `<round_dir>/checkpoints/<epoch>/{prompt,opt_state,meta}`. The metadata holds the
 epoch, the global step and the learning rate used in that epoch, which TracIn uses to
-weight checkpoints. Backbone weights are never written here.
+weight checkpoints. Backbone weights are never written here. Orbax writes local paths and
+gs:// itself; for other filesystems (ram://, tests) `checkpoint_location.local_root` puts
+the checkpoints in a local folder instead.
 """
 from __future__ import annotations
 
@@ -10,8 +12,12 @@ import dataclasses
 import os
 from typing import Any
 
+import gin
 import numpy as np
 import orbax.checkpoint as ocp
+
+from gbair_jax.errors import UserError
+from gbair_jax.runtime import files
 
 ITEMS = ("prompt", "opt_state", "meta")
 
@@ -24,8 +30,37 @@ class CheckpointInfo:
   meta: dict
 
 
+# URI schemes Orbax (epath + tensorstore) writes itself; local paths too.
+ORBAX_SCHEMES = ("gs://",)
+
+
+@gin.configurable
+def checkpoint_location(local_root: str | None = None) -> str | None:
+  """Where checkpoints go when the run directory is on a filesystem Orbax cannot write.
+
+  Args:
+    local_root: a local folder; a round `ram://run/round_0` then keeps its checkpoints
+      in `<local_root>/ram/run/round_0/checkpoints` (everything else stays in the run
+      directory). None (default): such a run directory is refused before anything runs.
+  """
+  return local_root
+
+
 def checkpoint_dir(round_dir: str) -> str:
-  return os.path.join(os.path.abspath(round_dir), "checkpoints")
+  """`<round_dir>/checkpoints` as Orbax gets it (absolute if local), or its local stand-in.
+
+  Raises:
+    UserError: Orbax cannot write round_dir's filesystem and no local_root is set.
+  """
+  if files.is_local(round_dir) or str(round_dir).startswith(ORBAX_SCHEMES):
+    return files.for_orbax(files.join(round_dir, "checkpoints"))
+  local_root = checkpoint_location()
+  if not local_root:
+    raise UserError(f"{round_dir}: Orbax cannot write checkpoints to this filesystem (it "
+                    f"writes local paths and {', '.join(ORBAX_SCHEMES)}); set "
+                    "checkpoint_location.local_root to a local folder for them")
+  scheme, rest = str(round_dir).split("://", 1)
+  return os.path.join(os.path.abspath(local_root), scheme, rest.strip("/"), "checkpoints")
 
 
 def manager(round_dir: str) -> ocp.CheckpointManager:
@@ -65,7 +100,7 @@ def restore_epoch_meta(mngr: ocp.CheckpointManager, epoch: int) -> dict:
 
 def list_checkpoints(round_dir: str) -> list[CheckpointInfo]:
   """The round's finished epochs in order, with the learning rate each was trained at."""
-  if not os.path.isdir(checkpoint_dir(round_dir)):
+  if not files.isdir(checkpoint_dir(round_dir)):
     return []
   mngr = manager(round_dir)
   infos = []

@@ -1,12 +1,11 @@
 """Everything a run needs, built from gin: data, classifier, frozen weights, tokenised splits.
 
-Also guards an output directory: a run's gin config is written once to
-`<output_dir>/config.gin`, and a different config in the same directory is refused.
+Also guards an output directory: it is locked while a command writes it, a run's gin
+config and data fingerprint are written once, and a different config or data is refused.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import gin
 import numpy as np
@@ -15,6 +14,7 @@ from gbair_jax.data.dataset import LabeledData, load_data
 from gbair_jax.errors import UserError
 from gbair_jax.models.backbone import Params
 from gbair_jax.models.classifier import ClassifierSpec, build_classifier
+from gbair_jax.runtime import files
 from gbair_jax.train import batches as batches_lib
 
 
@@ -56,22 +56,71 @@ def build_experiment(sequence_length: int = 64, partition_frozen: bool = False) 
 
 
 CONFIG_FILE = "config.gin"
+FINGERPRINT_FILE = "data_fingerprint.json"
 
 
-def claim_output_dir(output_dir: str, config: str) -> None:
-  """Records `config` in output_dir, or checks it equals the one recorded there."""
-  os.makedirs(output_dir, exist_ok=True)
-  path = os.path.join(output_dir, CONFIG_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() != config:
-        raise UserError(f"{path}: this output_dir holds a run with a different gin config; "
-                        "use a new --output_dir (nothing was changed)")
-    return
+def claim_output_dir(output_dir: str, config: str, data: LabeledData | None = None
+                     ) -> files.RunLock:
+  """Locks output_dir and records `config` (and the data's fingerprint) there, or checks
+  they equal the ones recorded. Call it once the data and settings are validated: a
+  refused or failed command leaves output_dir as it was.
+
+  Returns:
+    The held run lock: release it (or use it in a `with`) when the command ends.
+
+  Raises:
+    UserError: output_dir cannot be created, another process holds it, or it holds a
+      run with a different config or different data (nothing is changed then).
+  """
+  from gbair_jax.data import fingerprint as fingerprint_lib  # pylint: disable=g-import-not-at-top
   from gbair_jax.influence import distributed  # pylint: disable=g-import-not-at-top
-  if not distributed.is_primary():
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config)
-  os.replace(tmp, path)
+  fingerprint = None if data is None else fingerprint_lib.data_fingerprint(data)
+  _check_recorded(output_dir, config, fingerprint)  # before creating anything
+  files.make_output_dir(output_dir)
+  primary = distributed.is_primary()
+  # Process 0 holds the lock for all processes of one run (they share output_dir).
+  lock = files.RunLock(output_dir).acquire() if primary else files.RunLock(output_dir)
+  try:
+    _check_recorded(output_dir, config, fingerprint)  # again, now that we hold the lock
+    config_path = files.join(output_dir, CONFIG_FILE)
+    fingerprint_path = files.join(output_dir, FINGERPRINT_FILE)
+    if primary and fingerprint is not None and not files.exists(fingerprint_path):
+      files.write_json(fingerprint_path, fingerprint)
+    if primary and not files.exists(config_path):
+      files.write_text(config_path, config)
+  except BaseException:
+    lock.release()
+    raise
+  return lock
+
+
+def check_output_dir_free(output_dir: str) -> None:
+  """Refuses at once an output_dir another process writes (see `files.RunLock`)."""
+  from gbair_jax.influence import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.is_primary():  # the other processes of this run share process 0's lock
+    files.RunLock(output_dir).check_free()
+
+
+def recorded_fingerprint(output_dir: str) -> dict | None:
+  path = files.join(output_dir, FINGERPRINT_FILE)
+  return files.read_json(path) if files.exists(path) else None
+
+
+def check_data(output_dir: str, data: LabeledData) -> None:
+  """Refuses `data` unless they are the data the run in output_dir was started with."""
+  from gbair_jax.data import fingerprint as fingerprint_lib  # pylint: disable=g-import-not-at-top
+  _check_recorded(output_dir, None, fingerprint_lib.data_fingerprint(data))
+
+
+def _check_recorded(output_dir: str, config: str | None, fingerprint: dict | None) -> None:
+  config_path = files.join(output_dir, CONFIG_FILE)
+  if config is not None and files.exists(config_path) and files.read_text(config_path) != config:
+    raise UserError(f"{config_path}: this output_dir holds a run with a different gin config; "
+                    "use a new --output_dir (nothing was changed)")
+  recorded = recorded_fingerprint(output_dir) if fingerprint is not None else None
+  if recorded is not None and recorded.get("sha256") != fingerprint["sha256"]:
+    from gbair_jax.data import fingerprint as fingerprint_lib  # pylint: disable=g-import-not-at-top
+    raise UserError(
+        f"{files.join(output_dir, FINGERPRINT_FILE)}: the data differ from those this run "
+        f"started with ({fingerprint_lib.describe_difference(recorded, fingerprint)}): a "
+        "source file changed? Use a new --output_dir (nothing was changed)")

@@ -7,8 +7,6 @@ a kill from the last finished epoch with the same result as an uninterrupted run
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from typing import Any, Callable
 
@@ -23,6 +21,7 @@ from tqdm import tqdm
 from gbair_jax.influence import distributed
 from gbair_jax.models.backbone import Params
 from gbair_jax.models.classifier import ClassifierSpec
+from gbair_jax.runtime import files
 from gbair_jax.train import batches as batches_lib
 from gbair_jax.train import checkpoints
 from gbair_jax.train import optimizer as optimizer_lib
@@ -117,8 +116,8 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     num_epochs, batch_size, eval_batch_size, seed: the usual; the data order of epoch e is
       a function of (seed, e) only.
   """
-  os.makedirs(round_dir, exist_ok=True)
-  metrics_path = os.path.join(round_dir, "metrics.json")
+  files.makedirs(round_dir)
+  metrics_path = files.join(round_dir, "metrics.json")
   schedule = optimizer_lib.learning_rate_schedule()
   optimizer = optimizer_lib.make_optimizer(schedule)
   train = splits["train"]
@@ -153,7 +152,7 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     losses, seen, epoch_start = [], 0, time.time()
     bar = tqdm(batches_lib.iterate_batches(train, batch_size, order, keys=("tokens", "mask", "label")),
                total=steps_per_epoch,
-               desc=f"{os.path.basename(round_dir)} epoch {epoch}/{num_epochs}", disable=not progress,
+               desc=f"{files.basename(round_dir)} epoch {epoch}/{num_epochs}", disable=not progress,
                leave=False, dynamic_ncols=True)
     for batch in bar:
       state, step_metrics = train_step(state, frozen, batch)
@@ -181,25 +180,16 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
       writer.flush()
     if progress:
       val = record.get("validation", {})
-      tqdm.write(f"{os.path.basename(round_dir)} epoch {epoch}: loss {train_loss:.4f}"
+      tqdm.write(f"{files.basename(round_dir)} epoch {epoch}: loss {train_loss:.4f}"
                  + "".join(f"  val_{k} {v:.4f}" for k, v in val.items()))
 
   metrics = {"epochs": history}
   if "test" in splits:
     metrics["test"] = evaluate(spec, state.prompt, frozen, splits["test"], eval_batch_size, logits_fn)
   if primary:
-    _write_json_atomic(metrics_path, metrics)
+    files.write_json(metrics_path, metrics)
   return TrainResult(prompt=np.asarray(state.prompt), metrics=metrics, seconds=time.time() - started)
 
 
 def _tensorboard_writer(round_dir: str):
-  from clu import metric_writers  # heavy import, only when used
-  return metric_writers.create_default_writer(os.path.join(round_dir, "tensorboard"),
-                                              asynchronous=False)
-
-
-def _write_json_atomic(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  return files.tensorboard_writer(files.join(round_dir, "tensorboard"))

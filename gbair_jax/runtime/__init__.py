@@ -1,0 +1,1 @@
+"""Runtime helpers beside the stages: device mesh, processes, run-directory file I/O."""
