@@ -1,5 +1,7 @@
 """In-run TracIn: accumulators equal an explicit per-step computation, training is unchanged,
 and a run killed mid-epoch resumes to the same accumulators."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,10 +31,9 @@ def setup():
   return spec, frozen, splits
 
 
-def _hook(setup, num_epochs, top_k=3):
+def _hook(setup, top_k=3):
   spec, _, splits = setup
-  return in_run_lib.InRunTracIn(spec, len(splits["train"]["label"]), num_epochs,
-                                queries=splits["validation"], top_k=top_k, batch_size=8)
+  return in_run_lib.InRunTracIn(spec, queries=splits["validation"], top_k=top_k, batch_size=8)
 
 
 def _train(setup, round_dir, num_epochs, hook=None):
@@ -44,7 +45,7 @@ def _train(setup, round_dir, num_epochs, hook=None):
 def test_accumulators_equal_an_explicit_per_step_computation(setup, tmp_path):
   spec, frozen, splits = setup
   epochs = 2
-  result = _train(setup, tmp_path / "in_run", epochs, _hook(setup, epochs))
+  result = _train(setup, tmp_path / "in_run", epochs, _hook(setup))
   got = result.in_run
 
   # Replay: plain training steps; at each step the kernel's per-example gradients at the
@@ -102,7 +103,7 @@ def test_accumulators_equal_an_explicit_per_step_computation(setup, tmp_path):
 
 def test_training_with_per_example_gradients_ends_at_the_plain_prompt(setup, tmp_path):
   plain = _train(setup, tmp_path / "plain", 3)
-  in_run = _train(setup, tmp_path / "in_run", 3, _hook(setup, 3))
+  in_run = _train(setup, tmp_path / "in_run", 3, _hook(setup))
   assert in_run.in_run is not None and plain.in_run is None
   np.testing.assert_allclose(in_run.prompt, plain.prompt, rtol=1e-5, atol=1e-6)
   for a, b in zip(plain.metrics["epochs"], in_run.metrics["epochs"]):
@@ -112,7 +113,7 @@ def test_training_with_per_example_gradients_ends_at_the_plain_prompt(setup, tmp
 
 
 def test_resume_after_a_kill_mid_epoch_gives_the_same_accumulators(setup, tmp_path, monkeypatch):
-  full = _train(setup, tmp_path / "full", 3, _hook(setup, 3)).in_run
+  full = _train(setup, tmp_path / "full", 3, _hook(setup)).in_run
   save_epoch = checkpoints.save_epoch
 
   def killed_in_epoch_2(mngr, epoch, *args, **kw):
@@ -122,9 +123,9 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_accumulators(setup, tmp_pa
 
   monkeypatch.setattr(checkpoints, "save_epoch", killed_in_epoch_2)
   with pytest.raises(KeyboardInterrupt):
-    _train(setup, tmp_path / "killed", 3, _hook(setup, 3))
+    _train(setup, tmp_path / "killed", 3, _hook(setup))
   monkeypatch.setattr(checkpoints, "save_epoch", save_epoch)
-  resumed = _train(setup, tmp_path / "killed", 3, _hook(setup, 3)).in_run
+  resumed = _train(setup, tmp_path / "killed", 3, _hook(setup)).in_run
   for name in ("self_influence", "mean_influence", "class_influence", "opponent_scores",
                "proponent_positions"):
     np.testing.assert_allclose(getattr(resumed, name), getattr(full, name), rtol=1e-6, atol=1e-9)
@@ -135,9 +136,48 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_accumulators(setup, tmp_pa
 
 def test_self_influence_only_and_bad_source(setup, tmp_path):
   spec, _, splits = setup
-  hook = in_run_lib.InRunTracIn(spec, len(splits["train"]["label"]), 1)
+  hook = in_run_lib.InRunTracIn(spec)
   result = _train(setup, tmp_path / "r", 1, hook).in_run
   assert result.mean_influence is None and (result.self_influence > 0).all()
   from gbair_jax.errors import UserError
   with pytest.raises(UserError, match="tracin.source"):
     in_run_lib.tracin_settings(source="bogus")
+
+
+def test_recovery_round_scores_from_the_training_run(setup, tmp_path, monkeypatch):
+  import gin
+  from gbair_jax.data.dataset import LabeledData
+  from gbair_jax.data.ledger import read_ledger
+  from gbair_jax.influence import tracin
+  from gbair_jax.recovery import loop, strategies, tracin_strategies
+  from gbair_jax.train.experiment import Experiment
+  spec, frozen, _ = setup
+  data = LabeledData(task="synthetic", label_names=LABELS, splits={
+      "train": synthetic_split(40, 0, corrupt=8), "validation": synthetic_split(16, 1, 1000),
+      "test": synthetic_split(16, 2, 2000)})
+  exp = Experiment(data=data, spec=spec, frozen=frozen, sequence_length=12)
+  gin.parse_config("train_prompt.num_epochs = 2\ntrain_prompt.batch_size = 16\n"
+                   "train_prompt.tensorboard = False\nselection_size.select_count = 5\n"
+                   "tracin.source = 'in_run'")
+
+  def no_checkpoint_pass(*args, **kw):
+    raise AssertionError("in_run must not run a checkpoint scoring pass")
+
+  monkeypatch.setattr(tracin, "tracin_scores", no_checkpoint_pass)
+  seen = {}
+  tracin_opponents = tracin_strategies.tracin_opponents
+
+  def spy(ctx, **kw):
+    seen["ctx"] = ctx
+    return tracin_opponents(ctx, **kw)
+
+  monkeypatch.setitem(strategies.STRATEGIES, "tracin_opponents", spy)
+  out = str(tmp_path / "run")
+  report = loop.run(out, num_rounds=1, strategy="tracin_opponents", references=(),
+                    experiment=exp, progress=False)
+  assert [r["selected"] for r in report["rounds"]] == [5, 0]
+  assert len(read_ledger(f"{out}/ledger.jsonl")) == 5
+  ctx = seen["ctx"]
+  assert ctx.dynamics.margin.shape == (2, 40) and ctx.in_run.mean_influence.shape == (40,)
+  assert sorted(os.listdir(f"{out}/round_0/in_run")) == ["epoch_1.npz", "epoch_2.npz"]
+  assert not os.path.exists(f"{out}/round_1/in_run"), "the last round only trains"

@@ -114,25 +114,29 @@ class InRunTracIn:
 
   Args:
     spec: the classifier being trained.
-    num_train, num_epochs: sizes of the accumulators.
     queries: tokenised query split (with `label`, `example_id`), or None for
       self-influence and dynamics only (no query pass at all).
     top_k: opponents / proponents kept per query and epoch (0: none, and no [M, d] kept).
     batch_size: the query pass's batch size.
+  The trainer calls `setup(num_train, num_epochs)` before it accumulates.
   """
 
-  def __init__(self, spec: ClassifierSpec, num_train: int, num_epochs: int,
-               queries: dict[str, np.ndarray] | None = None, top_k: int = 0,
-               batch_size: int = 64):
+  def __init__(self, spec: ClassifierSpec, queries: dict[str, np.ndarray] | None = None,
+               top_k: int = 0, batch_size: int = 64):
     self.spec = spec
-    self.num_train = num_train
-    self.num_epochs = num_epochs
     self.queries = queries
     self.num_classes = len(spec.label_names)
-    self.top_k = min(top_k, num_train) if queries is not None else 0
+    self.requested_top_k = top_k if queries is not None else 0
     self.batch_size = batch_size
+    self.num_train = self.num_epochs = self.top_k = None
     self._outputs = example_outputs(spec)
     self._query_batch = jax.jit(self._query_batch_unjitted)
+
+  def setup(self, num_train: int, num_epochs: int) -> "InRunTracIn":
+    """Sizes the accumulators for a training set of `num_train` rows and `num_epochs`."""
+    self.num_train, self.num_epochs = num_train, num_epochs
+    self.top_k = min(self.requested_top_k, num_train)
+    return self
 
   # ---- the query pass (at the start of each epoch) ----
 

@@ -180,6 +180,7 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
   train_step = make_train_step(spec, optimizer, in_run, schedule)
   train_keys = ("tokens", "mask", "label")
   if in_run is not None:
+    in_run.setup(len(train["label"]), num_epochs)
     accumulators = (in_run.restore(round_dir, start_epoch - 1) if start_epoch > 1
                     else in_run.init_accumulators())
     query_features = None  # the query pass at the prompt each epoch starts from
