@@ -12,7 +12,7 @@ from gbair_jax.models.classifier import build_classifier
 from gbair_jax.train import batches, checkpoints, in_run as in_run_lib
 from gbair_jax.train import optimizer as optimizer_lib
 from gbair_jax.train.per_example_grads import per_example_grads
-from gbair_jax.train.trainer import TrainState, make_train_step, train_prompt
+from gbair_jax.train.trainer import TrainState, make_logits_fn, make_train_step, train_prompt
 from tests.helpers import synthetic_split
 
 LABELS = ("negative", "positive")
@@ -57,6 +57,7 @@ def test_accumulators_equal_an_explicit_per_step_computation(setup, tmp_path):
   prompt = jnp.asarray(spec.initial_prompt(jax.random.PRNGKey(0), frozen))
   state = TrainState(step=jnp.zeros((), jnp.int32), prompt=prompt, opt_state=optimizer.init(prompt))
   step_fn = make_train_step(spec, optimizer)
+  logits_fn = make_logits_fn(spec)
   query_batch = {k: queries[k] for k in ("tokens", "mask", "label")}
   query_batch["valid"] = np.ones(m, bool)
   scores = np.zeros((n, m))
@@ -72,7 +73,7 @@ def test_accumulators_equal_an_explicit_per_step_computation(setup, tmp_path):
       lr = float(schedule(int(state.step)))
       grads = np.asarray(per_example_grads(spec.example_losses, state.prompt, frozen, batch),
                          np.float64)
-      logits = np.asarray(spec.logits(state.prompt, frozen, batch["tokens"], batch["mask"]))
+      logits = np.asarray(logits_fn(state.prompt, frozen, batch["tokens"], batch["mask"]))
       valid = batch["valid"]
       start = int(state.step) % batches.num_batches(n, BATCH) * BATCH
       rows = order[start:start + valid.sum()]
