@@ -106,7 +106,8 @@ def test_training_with_per_example_gradients_ends_at_the_plain_prompt(setup, tmp
   plain = _train(setup, tmp_path / "plain", 3)
   in_run = _train(setup, tmp_path / "in_run", 3, _hook(setup))
   assert in_run.in_run is not None and plain.in_run is None
-  np.testing.assert_allclose(in_run.prompt, plain.prompt, rtol=1e-5, atol=1e-6)
+  # Bitwise: Adam turns any float difference in the update into a different run.
+  np.testing.assert_array_equal(in_run.prompt, plain.prompt)
   for a, b in zip(plain.metrics["epochs"], in_run.metrics["epochs"]):
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
     # The fused query pass is the validation evaluation: the same metrics.

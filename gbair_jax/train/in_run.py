@@ -191,9 +191,10 @@ class InRunTracIn:
       acc["proponent_positions"] = jnp.full((e, m, k), -1, jnp.int32)
     return acc
 
-  def per_example(self, prompt, frozen, batch):
-    """(grads [B, d], losses [B], logits [B, C]) from one forward and backward pass."""
-    return grads_lib.per_example_grads_with_aux(self._outputs, prompt, frozen, batch)
+  def step_gradients(self, prompt, frozen, batch):
+    """(mean-loss gradient [P, D], per-example grads [B, d], losses [B], logits [B, C])
+    from one forward and backward pass; the first is the plain training step's."""
+    return grads_lib.mean_and_per_example_grads(self._outputs, prompt, frozen, batch)
 
   def accumulate(self, acc: dict, features: dict, batch, grads, losses, logits,
                  learning_rate, epoch_index) -> dict:

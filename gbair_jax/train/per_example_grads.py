@@ -101,14 +101,42 @@ def per_example_grads(loss_fn: LossFn, prompt: jax.Array, frozen: Any, batch: Ba
   return _per_example_grads_jit(loss_fn, prompt, frozen, device_batch(batch), method)
 
 
+
+def mean_and_per_example_grads(fn: Callable, prompt: jax.Array, frozen: Any, batch: Batch
+                               ) -> tuple[jax.Array, jax.Array, jax.Array, Any]:
+  """The training step's gradient and every row's own, from one forward and backward pass.
+
+  `fn(prompt, frozen, batch, per_example_prompt) -> (losses [B], aux)`. The model runs on
+  per-example copies `prompt + delta` (delta = 0) and differentiates the mean loss over the
+  valid rows w.r.t. both: the prompt's gradient comes out of the same backward ops as the
+  plain mean-loss gradient (bitwise, on the backbones tested: Adam turns float noise in the
+  update into a different run within an epoch), delta's rows are the per-example gradients
+  divided by the valid count.
+
+  Returns (mean gradient [P, D], per-example grads [B, P * D] float32 with padded rows
+  zero, losses [B], aux). Unjitted: meant for the inside of a training step.
+  """
+  batch_size = batch["valid"].shape[0]
+  weights = batch["valid"].astype(jnp.float32)
+  count = jnp.maximum(weights.sum(), 1.0)
+
+  def mean_loss(prompt, delta):
+    losses, aux = fn(prompt, frozen, batch, jnp.broadcast_to(prompt, delta.shape) + delta)
+    return jnp.sum(losses * weights) / count, (losses, aux)
+
+  delta = jnp.zeros((batch_size,) + prompt.shape, prompt.dtype)
+  (mean_grad, delta_grads), (losses, aux) = jax.grad(mean_loss, argnums=(0, 1), has_aux=True)(
+      prompt, delta)
+  grads = delta_grads.reshape(batch_size, -1).astype(jnp.float32) * count
+  return mean_grad, jnp.where(batch["valid"][:, None], grads, 0.0), losses, aux
+
+
 def per_example_grads_with_aux(fn: Callable, prompt: jax.Array, frozen: Any,
                                batch: Batch) -> tuple[jax.Array, jax.Array, Any]:
   """Per-example prompt gradients plus what the forward pass computed, from one backward pass.
 
   `fn(prompt, frozen, batch, per_example_prompt) -> (losses [B], aux)`. Returns
-  (grads [B, P * D] float32 with padded rows zero, losses [B], aux). Unjitted: it is meant
-  for the inside of a training step (in-run TracIn), where the mean of the rows is the
-  batch gradient.
+  (grads [B, P * D] float32 with padded rows zero, losses [B], aux). Unjitted.
   """
   batch_size = batch["valid"].shape[0]
   copies = jnp.broadcast_to(prompt, (batch_size,) + prompt.shape)

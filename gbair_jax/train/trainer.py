@@ -56,8 +56,8 @@ def make_train_step(spec: ClassifierSpec, optimizer: optax.GradientTransformatio
 
   With `in_run` (and the learning-rate `schedule`), the step is
   `(state, frozen, batch, accumulators, query_features, epoch_index) -> (state, metrics,
-  accumulators)`: it differentiates per-example prompt copies in its one backward pass,
-  updates with their mean (the same gradient as the plain step) and hands the rows to
+  accumulators)`: its one backward pass gives the plain step's gradient (the update) and
+  every row's own (per_example_grads.mean_and_per_example_grads), which it hands to
   `in_run.accumulate`.
   """
   if in_run is not None:
@@ -77,16 +77,13 @@ def make_train_step(spec: ClassifierSpec, optimizer: optax.GradientTransformatio
 def _make_in_run_step(optimizer, in_run: in_run_lib.InRunTracIn, schedule: optax.Schedule):
   @jax.jit
   def in_run_step(state: TrainState, frozen: Params, batch, accumulators, features, epoch_index):
-    grads, losses, logits = in_run.per_example(state.prompt, frozen, batch)
-    weights = batch["valid"].astype(jnp.float32)
-    count = jnp.maximum(weights.sum(), 1.0)
-    # Padded rows' gradients are zero: the row sum over the valid count is the mean loss's.
-    grad = (jnp.sum(grads, axis=0) / count).reshape(state.prompt.shape).astype(state.prompt.dtype)
+    grad, grads, losses, logits = in_run.step_gradients(state.prompt, frozen, batch)
     updates, opt_state = optimizer.update(grad, state.opt_state, state.prompt)
     prompt = optax.apply_updates(state.prompt, updates)
     accumulators = in_run.accumulate(accumulators, features, batch, grads, losses, logits,
                                      schedule(state.step), epoch_index)
-    metrics = {"loss": jnp.sum(losses * weights) / count}
+    weights = batch["valid"].astype(jnp.float32)
+    metrics = {"loss": jnp.sum(losses * weights) / jnp.maximum(weights.sum(), 1.0)}
     return (TrainState(step=state.step + 1, prompt=prompt, opt_state=opt_state), metrics,
             accumulators)
 
