@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from gbair_jax.models.classifier import ClassifierSpec
+from gbair_jax.train.in_run import InRunResult, TrainingDynamics
 
 Arrays = dict[str, np.ndarray]
 
@@ -25,6 +26,10 @@ class RoundContext:
   seed: int
   batch_size: int = 32
   progress: bool = True
+  # With tracin.source = "in_run": what the training steps accumulated (train/in_run.py),
+  # and the per-epoch training dynamics, [epochs, N] arrays in training-set order.
+  in_run: InRunResult | None = None
+  dynamics: TrainingDynamics | None = None
 
   @property
   def misclassified(self) -> Arrays:

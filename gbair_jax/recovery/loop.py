@@ -171,9 +171,11 @@ def _rounds(output_dir: str, exp: Experiment, splits: dict, num_rounds: int, str
     entries = read_ledger(ledger_path)
     train = apply_ledger(train_source, entries, before_round=r)
     started = time.time()
+    hook = (tracin_strategies.in_run_hook(strategy, exp.spec, splits["validation"])
+            if r < num_rounds else None)  # tracin.source = "in_run": scored while training
     result = train_prompt(exp.spec, exp.frozen, {**splits, "train": train}, round_dir,
                           initial_prompt=previous_prompt if retrain == "warm_start" else None,
-                          progress=progress)
+                          progress=progress, in_run=hook)
     train_seconds = time.time() - started
     previous_prompt = result.prompt
     summary = {"round": r, "num_train": int(len(train["label"])), "selected": 0,
@@ -201,7 +203,9 @@ def _rounds(output_dir: str, exp: Experiment, splits: dict, num_rounds: int, str
             checkpoints=checkpoints.load_tracin_checkpoints(round_dir),
             final_prompt=result.prompt,
             train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train),
-            validation_logits=validation_logits, seed=r, progress=progress)
+            validation_logits=validation_logits, seed=r, progress=progress,
+            in_run=result.in_run,
+            dynamics=result.in_run.dynamics if result.in_run is not None else None)
         scores = strategy_fn(ctx)
         changed = np.isin(train["example_id"], [e.example_id for e in entries])
         selected = actions.select_suspects(scores, selection_count, exclude=changed)

@@ -19,6 +19,10 @@ Why all validation queries by default: the misclassified ones mostly belong to t
 model currently under-predicts, so their opponents are only one kind of flipped label; the
 correctly classified majority is what the other kind opposes (docs/BENCHMARKS.md has the
 measurements). `normalize=True` uses cosine instead of raw dot products (cosine TracIn).
+
+With `tracin.source = "in_run"` (train/in_run.py) the training run accumulates what
+`net_opposition` on all validation queries and `self_influence` need, and they score from
+it without a pass of their own; other settings score from the checkpoints as before.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from gbair_jax.influence.projection import RandomProjection
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery.strategies import current_label_losses, register
 from gbair_jax.train import batches as batches_lib
+from gbair_jax.train import in_run as in_run_lib
 
 AGGREGATIONS = ("net_opposition", "count", "sum_negative", "count_loss", "opposition_loss")
 QUERY_SETS = ("validation", "misclassified")
@@ -51,6 +56,20 @@ def _batches(ctx: RoundContext, arrays: dict[str, np.ndarray], per_host: bool = 
     return distributed.host_shard(stream) if per_host else stream
   return batches_lib.iterate_batches(arrays, ctx.batch_size, batches_lib.length_order(arrays),
                                      trim_multiple=batches_lib.TRIM_MULTIPLE)
+
+
+def in_run_hook(strategy: str, spec, validation: dict[str, np.ndarray]
+                ) -> in_run_lib.InRunTracIn | None:
+  """The trainer hook whose accumulators `strategy` scores from, or None (it scores from
+  the checkpoints, or needs no TracIn) when `tracin.source` is not "in_run"."""
+  settings = in_run_lib.tracin_settings()
+  if settings["source"] != "in_run":
+    return None
+  if strategy == "tracin_opponents":
+    return in_run_lib.InRunTracIn(spec, queries=validation, top_k=settings["top_k"])
+  if strategy == "self_influence":
+    return in_run_lib.InRunTracIn(spec)  # no queries: self-influence and dynamics only
+  return None
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -94,6 +113,17 @@ def tracin_opponents(ctx: RoundContext, aggregation: str = "net_opposition",
   num = len(ctx.train["label"])
   if len(misclassified["label"]) == 0:
     return np.full(num, -np.inf)  # nothing misclassified: nothing to recover from
+  in_run = ctx.in_run
+  if in_run is not None and in_run.mean_influence is not None:
+    if (aggregation == "net_opposition" and queries == "validation" and not normalize
+        and not projection_dim
+        and np.array_equal(in_run.query_ids, ctx.validation["example_id"])):
+      return net_opposition(in_run.mean_influence, in_run.self_influence,
+                            current_label_losses(ctx))
+    if ctx.progress:
+      print(f"tracin_opponents: aggregation={aggregation}, queries={queries}, "
+            f"normalize={normalize}, projection_dim={projection_dim} cannot use in-run "
+            "accumulators; scoring from the checkpoints", flush=True)
   projection = (RandomProjection(dim=projection_dim, seed=projection_seed)
                 if projection_dim else None)
   options = tracin.GradientOptions(normalize=normalize, projection=projection)
@@ -122,6 +152,8 @@ def tracin_opponents(ctx: RoundContext, aggregation: str = "net_opposition",
 @register("self_influence")
 def self_influence_strategy(ctx: RoundContext) -> np.ndarray:
   """TracIn(z, z): examples that most reduce their own loss when trained on (memorised)."""
+  if ctx.in_run is not None:
+    return ctx.in_run.self_influence.astype(np.float64)
   ids, scores = tracin.self_influence(ctx.spec.example_losses, ctx.checkpoints, ctx.frozen,
                                       _batches(ctx, ctx.train, per_host=True),
                                       progress=ctx.progress)

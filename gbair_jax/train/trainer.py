@@ -24,6 +24,7 @@ from gbair_jax.models.classifier import ClassifierSpec
 from gbair_jax.runtime import files
 from gbair_jax.train import batches as batches_lib
 from gbair_jax.train import checkpoints
+from gbair_jax.train import in_run as in_run_lib
 from gbair_jax.train import optimizer as optimizer_lib
 from gbair_jax.train.metrics import classification_metrics
 
@@ -46,9 +47,20 @@ def mean_loss(spec: ClassifierSpec) -> Callable:
   return loss
 
 
-def make_train_step(spec: ClassifierSpec, optimizer: optax.GradientTransformation):
+def make_train_step(spec: ClassifierSpec, optimizer: optax.GradientTransformation,
+                    in_run: in_run_lib.InRunTracIn | None = None,
+                    schedule: optax.Schedule | None = None):
   """`(state, frozen, batch) -> (state, metrics)`; frozen weights are an argument, never a
-  closure constant, so they are not baked into the compiled program."""
+  closure constant, so they are not baked into the compiled program.
+
+  With `in_run` (and the learning-rate `schedule`), the step is
+  `(state, frozen, batch, accumulators, query_features, epoch_index) -> (state, metrics,
+  accumulators)`: its one backward pass gives the plain step's gradient (the update) and
+  every row's own (per_example_grads.mean_and_per_example_grads), which it hands to
+  `in_run.accumulate`.
+  """
+  if in_run is not None:
+    return _make_in_run_step(optimizer, in_run, schedule)
   loss_fn = mean_loss(spec)
 
   @jax.jit
@@ -59,6 +71,22 @@ def make_train_step(spec: ClassifierSpec, optimizer: optax.GradientTransformatio
     return TrainState(step=state.step + 1, prompt=prompt, opt_state=opt_state), {"loss": loss}
 
   return train_step
+
+
+def _make_in_run_step(optimizer, in_run: in_run_lib.InRunTracIn, schedule: optax.Schedule):
+  @jax.jit
+  def in_run_step(state: TrainState, frozen: Params, batch, accumulators, features, epoch_index):
+    grad, grads, losses, logits = in_run.step_gradients(state.prompt, frozen, batch)
+    updates, opt_state = optimizer.update(grad, state.opt_state, state.prompt)
+    prompt = optax.apply_updates(state.prompt, updates)
+    accumulators = in_run.accumulate(accumulators, features, batch, grads, losses, logits,
+                                     schedule(state.step), epoch_index)
+    weights = batch["valid"].astype(jnp.float32)
+    metrics = {"loss": jnp.sum(losses * weights) / jnp.maximum(weights.sum(), 1.0)}
+    return (TrainState(step=state.step + 1, prompt=prompt, opt_state=opt_state), metrics,
+            accumulators)
+
+  return in_run_step
 
 
 def make_logits_fn(spec: ClassifierSpec):
@@ -97,14 +125,16 @@ class TrainResult:
   prompt: np.ndarray
   metrics: dict
   seconds: float
+  in_run: in_run_lib.InRunResult | None = None  # with the `in_run` hook
 
 
-@gin.configurable(denylist=["spec", "frozen", "splits", "round_dir", "initial_prompt"])
+@gin.configurable(denylist=["spec", "frozen", "splits", "round_dir", "initial_prompt", "in_run"])
 def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays], round_dir: str,
                  initial_prompt: np.ndarray | None = None, *, num_epochs: int = 3,
                  batch_size: int = 32, eval_batch_size: int = 64, seed: int = 0,
                  prompt_initializer: Callable | None = None, progress: bool = True,
-                 tensorboard: bool = True) -> TrainResult:
+                 tensorboard: bool = True,
+                 in_run: in_run_lib.InRunTracIn | None = None) -> TrainResult:
   """Trains the prompt; one checkpoint per epoch; resumes from the last finished epoch.
 
   Args:
@@ -115,6 +145,8 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
       `prompt_initializer` (default: class-label embeddings) from `seed`.
     num_epochs, batch_size, eval_batch_size, seed: the usual; the data order of epoch e is
       a function of (seed, e) only.
+    in_run: accumulate in-run TracIn and training dynamics (train/in_run.py); they are
+      saved beside each epoch checkpoint and restored on resume.
   """
   files.makedirs(round_dir)
   metrics_path = files.join(round_dir, "metrics.json")
@@ -141,7 +173,15 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     history = [h["metrics"] for h in history]
     start_epoch = last + 1
 
-  train_step = make_train_step(spec, optimizer)
+  train_step = make_train_step(spec, optimizer, in_run, schedule)
+  train_keys = ("tokens", "mask", "label")
+  if in_run is not None:
+    in_run.setup(len(train["label"]), num_epochs)
+    accumulators = (in_run.restore(round_dir, start_epoch - 1) if start_epoch > 1
+                    else in_run.init_accumulators())
+    query_features = None  # the query pass at the prompt each epoch starts from
+    train = {**train, in_run_lib.POSITION_KEY: np.arange(len(train["label"]), dtype=np.int32)}
+    train_keys += (in_run_lib.POSITION_KEY,)
   logits_fn = make_logits_fn(spec)
   primary = distributed.is_primary()
   writer = _tensorboard_writer(round_dir) if tensorboard and primary else None
@@ -150,12 +190,18 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     order = batches_lib.epoch_order(len(train["label"]), seed, epoch)
     first_step = int(state.step)
     losses, seen, epoch_start = [], 0, time.time()
-    bar = tqdm(batches_lib.iterate_batches(train, batch_size, order, keys=("tokens", "mask", "label")),
+    if in_run is not None and query_features is None:
+      query_features, _ = in_run.query_pass(state.prompt, frozen)
+    bar = tqdm(batches_lib.iterate_batches(train, batch_size, order, keys=train_keys),
                total=steps_per_epoch,
                desc=f"{files.basename(round_dir)} epoch {epoch}/{num_epochs}", disable=not progress,
                leave=False, dynamic_ncols=True)
     for batch in bar:
-      state, step_metrics = train_step(state, frozen, batch)
+      if in_run is None:
+        state, step_metrics = train_step(state, frozen, batch)
+      else:
+        state, step_metrics, accumulators = train_step(state, frozen, batch, accumulators,
+                                                       query_features, np.int32(epoch - 1))
       losses.append(step_metrics["loss"])
       seen += int(batch["valid"].sum())
       if len(losses) % 5 == 0:
@@ -166,10 +212,19 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
               "learning_rate": optimizer_lib.epoch_learning_rate(schedule, first_step, steps_per_epoch),
               "train_loss": train_loss,
               "examples_per_s": seen / max(time.time() - epoch_start, 1e-9)}
-    if "validation" in splits:
+    query_features = None
+    if (in_run is not None and epoch < num_epochs and in_run.queries is not None
+        and in_run.queries is splits.get("validation")):
+      # One forward + backward pass gives this epoch's evaluation and the next one's queries.
+      query_features, logits = in_run.query_pass(state.prompt, frozen)
+      record["validation"] = classification_metrics(logits, splits["validation"]["label"])
+    elif "validation" in splits:
       record["validation"] = evaluate(spec, state.prompt, frozen, splits["validation"],
                                       eval_batch_size, logits_fn)
+    record["seconds"] = time.time() - epoch_start
     history.append(record)
+    if in_run is not None and primary:
+      in_run.save(round_dir, epoch, accumulators)
     checkpoints.save_epoch(mngr, epoch, state.prompt, state.opt_state,
                            {"epoch": epoch, "step": int(state.step),
                             "learning_rate": record["learning_rate"], "metrics": record})
@@ -188,7 +243,8 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     metrics["test"] = evaluate(spec, state.prompt, frozen, splits["test"], eval_batch_size, logits_fn)
   if primary:
     files.write_json(metrics_path, metrics)
-  return TrainResult(prompt=np.asarray(state.prompt), metrics=metrics, seconds=time.time() - started)
+  return TrainResult(prompt=np.asarray(state.prompt), metrics=metrics, seconds=time.time() - started,
+                     in_run=None if in_run is None else in_run.result(accumulators))
 
 
 def _tensorboard_writer(round_dir: str):
