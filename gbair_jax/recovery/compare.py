@@ -10,10 +10,10 @@ import shutil
 
 import gin
 
-from gbair_jax.influence import distributed
 from gbair_jax.recovery import loop
 from gbair_jax.recovery.strategies import get_strategy
 from gbair_jax.report import plots, writer
+from gbair_jax.runtime import process as distributed
 from gbair_jax.train.experiment import build_experiment, claim_output_dir
 
 

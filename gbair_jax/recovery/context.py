@@ -25,6 +25,7 @@ class RoundContext:
   seed: int
   batch_size: int = 32
   progress: bool = True
+  mesh: Any = None                               # the experiment's mesh (None: one device)
 
   @property
   def misclassified(self) -> Arrays:

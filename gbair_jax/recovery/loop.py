@@ -16,12 +16,12 @@ import numpy as np
 from gbair_jax.data import ledger as ledger_lib
 from gbair_jax.data.ledger import append_ledger, apply_ledger, read_ledger
 from gbair_jax.errors import UserError
-from gbair_jax.influence import distributed
 from gbair_jax.recovery import actions
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery import tracin_strategies  # noqa: F401  (registers G-BAIR strategies)
 from gbair_jax.recovery.strategies import get_strategy
 from gbair_jax.report import writer as report_writer
+from gbair_jax.runtime import process as distributed
 from gbair_jax.train import checkpoints
 from gbair_jax.train.experiment import Experiment, build_experiment, claim_output_dir
 from gbair_jax.train.trainer import predict_logits, train_prompt
@@ -48,7 +48,8 @@ def train_only(output_dir: str) -> dict:
   claim_output_dir(output_dir, gin.config_str())
   exp = build_experiment()
   splits = exp.tokenized_splits()
-  result = train_prompt(exp.spec, exp.frozen, splits, os.path.join(output_dir, "round_0"))
+  result = train_prompt(exp.spec, exp.frozen, splits, os.path.join(output_dir, "round_0"),
+                        mesh=exp.mesh)
   print(f"test: {json.dumps(result.metrics.get('test', {}))}")
   print(f"metrics: {os.path.join(output_dir, 'round_0', 'metrics.json')}")
   return result.metrics
@@ -122,7 +123,7 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
     started = time.time()
     result = train_prompt(exp.spec, exp.frozen, {**splits, "train": train}, round_dir,
                           initial_prompt=previous_prompt if retrain == "warm_start" else None,
-                          progress=progress)
+                          progress=progress, mesh=exp.mesh)
     train_seconds = time.time() - started
     previous_prompt = result.prompt
     summary = {"round": r, "num_train": int(len(train["label"])), "selected": 0,
@@ -136,9 +137,10 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
       ctx = RoundContext(
           spec=exp.spec, frozen=exp.frozen, train=train, validation=splits["validation"],
           checkpoints=checkpoints.load_tracin_checkpoints(round_dir), final_prompt=result.prompt,
-          train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train),
-          validation_logits=predict_logits(exp.spec, result.prompt, exp.frozen, splits["validation"]),
-          seed=r, progress=progress)
+          train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train, mesh=exp.mesh),
+          validation_logits=predict_logits(exp.spec, result.prompt, exp.frozen,
+                                           splits["validation"], mesh=exp.mesh),
+          seed=r, progress=progress, mesh=exp.mesh)
       scores = strategy_fn(ctx)
       changed = np.isin(train["example_id"], [e.example_id for e in entries])
       selected = actions.select_suspects(scores, selection_count, exclude=changed)
@@ -173,6 +175,7 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
       "num_corrupted": int(train_source["is_corrupted"].sum()),
       "rounds": rounds,
       "references": _references(exp, splits, output_dir, references, rounds, progress),
+      **exp.runtime(),  # mesh shape, device kind, number of processes
   }
   if primary:
     report_writer.write_report(output_dir, report, exp.data.label_names)
@@ -194,7 +197,7 @@ def _references(exp: Experiment, splits: dict, output_dir: str, references: tupl
       metrics = _read_json(metrics_path)
     else:
       metrics = train_prompt(exp.spec, exp.frozen, {**splits, "train": train}, clean_dir,
-                             progress=progress).metrics
+                             progress=progress, mesh=exp.mesh).metrics
     out["clean"] = {"test": metrics.get("test", {}),
                     "validation": metrics["epochs"][-1].get("validation", {})}
   if "no_recovery" in references:
