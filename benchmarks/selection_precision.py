@@ -36,14 +36,14 @@ def main() -> None:
   exp = build_experiment()
   splits = exp.tokenized_splits()
   round_dir = os.path.join(args.output_dir, "round_0")
-  result = train_prompt(exp.spec, exp.frozen, splits, round_dir, progress=False)
+  result = train_prompt(exp.spec, exp.frozen, splits, round_dir, progress=False, mesh=exp.mesh)
   train, validation = splits["train"], splits["validation"]
   ctx = RoundContext(
       spec=exp.spec, frozen=exp.frozen, train=train, validation=validation,
       checkpoints=checkpoints.load_tracin_checkpoints(round_dir), final_prompt=result.prompt,
-      train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train),
-      validation_logits=predict_logits(exp.spec, result.prompt, exp.frozen, validation), seed=0,
-      progress=False)
+      train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train, mesh=exp.mesh),
+      validation_logits=predict_logits(exp.spec, result.prompt, exp.frozen, validation,
+                                       mesh=exp.mesh), seed=0, progress=False, mesh=exp.mesh)
   loss = strategies.current_label_losses(ctx)
   scores = {"loss": loss, "random": strategies.random_strategy(ctx),
             "confident_learning": strategies.confident_learning_strategy(ctx)}
@@ -51,7 +51,7 @@ def main() -> None:
   by_length = lambda a: batches.iterate_batches(a, 32, batches.length_order(a), trim_multiple=16)
   res = tracin.tracin_scores(exp.spec.example_losses, ctx.checkpoints, exp.frozen,
                              by_length(train), by_length(validation), top_k=1,
-                             keep_scores=True, progress=False)
+                             keep_scores=True, mesh=exp.mesh, progress=False)
   train_row = {int(i): n for n, i in enumerate(train["example_id"])}
   rows = np.array([train_row[int(i)] for i in res.example_ids])
   matrix = np.zeros((len(rows), len(res.query_ids)))

@@ -109,6 +109,7 @@ def import_configurables() -> None:
   # pylint: disable=g-import-not-at-top,unused-import
   import tasks  # noqa: F401  (SeqIO task registrations)
   from gbair_jax.data import dataset  # noqa: F401
-  from gbair_jax.models import bert, classifier, llama, partitioning, prompt, t5  # noqa: F401
+  from gbair_jax.models import bert, classifier, llama, prompt, t5  # noqa: F401
   from gbair_jax.recovery import loop  # noqa: F401
+  from gbair_jax.runtime import mesh  # noqa: F401  (partitioning.make_mesh)
   from gbair_jax.train import experiment, optimizer, trainer  # noqa: F401

@@ -109,8 +109,8 @@ def _setup_gin(args, extra_bindings) -> None:
 
 def _maybe_distributed(args) -> None:
   if args.multihost or args.coordinator_address:
-    from gbair_jax.influence import distributed
-    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    from gbair_jax.runtime import process
+    process.initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
 def main(argv: list[str]) -> int:

@@ -5,8 +5,8 @@
 #     --gin_file=gin/runs/paper_bbf_t5_xl.gin --output_dir=/shared/runs/bbf [--dry_run]
 #
 # Node 0 is the coordinator. Each node gets --coordinator_address, --num_processes and its
-# --process_id; gbair calls jax.distributed.initialize() with them and each process reads
-# its own shard of the training data. Needs passwordless ssh, this checkout at the same
+# --process_id; gbair calls jax.distributed.initialize() with them, builds one mesh over
+# every node's GPUs, and each process feeds its own rows of every global batch. Needs passwordless ssh, this checkout at the same
 # path on every node (`make venv JAX_EXTRA=cuda12` there once), and a shared output_dir.
 # --dry_run prints the commands and executes nothing.
 set -euo pipefail

@@ -1,7 +1,8 @@
 """Multi-host TracIn for real: two JAX processes on localhost score exactly like one.
 
 The test launches this file twice as `--worker` (2 CPU devices each, gloo collectives,
-coordinator on a free local port); each worker reads its own share of the batches.
+coordinator on a free local port); both iterate the same global batches, and each feeds
+only its own rows of every batch to the 4-device mesh.
 """
 import os
 import subprocess
@@ -42,15 +43,16 @@ def make_problem():
 
 
 def run_worker(process_id: int, port: int, out_path: str) -> None:
-  from gbair_jax.influence import distributed, tracin
-  started = distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
-                                   num_processes=NUM_PROCESSES, process_id=process_id)
+  from gbair_jax.influence import tracin
+  from gbair_jax.runtime import mesh as mesh_lib
+  from gbair_jax.runtime import process
+  started = process.initialize(coordinator_address=f"127.0.0.1:{port}",
+                               num_processes=NUM_PROCESSES, process_id=process_id)
   import jax
   assert started and jax.process_count() == NUM_PROCESSES and jax.device_count() == 4
   train, queries, checkpoints, frozen = make_problem()
-  result = tracin.tracin_scores(logistic_loss, checkpoints, frozen,
-                                distributed.host_shard(train), queries, top_k=3,
-                                keep_scores=True, progress=False)
+  result = tracin.tracin_scores(logistic_loss, checkpoints, frozen, train, queries, top_k=3,
+                                keep_scores=True, mesh=mesh_lib.make_mesh(), progress=False)
   np.savez(out_path, **{k: v for k, v in vars(result).items()})
 
 
@@ -101,46 +103,39 @@ def test_two_processes_score_like_one(tmp_path):
 
 
 def test_single_process_settings_are_a_no_op(monkeypatch):
-  from gbair_jax.influence import distributed
-  for name in (distributed.COORDINATOR_ENV, distributed.NUM_PROCESSES_ENV,
-               distributed.PROCESS_ID_ENV):
+  from gbair_jax.runtime import process
+  for name in (process.COORDINATOR_ENV, process.NUM_PROCESSES_ENV,
+               process.PROCESS_ID_ENV):
     monkeypatch.delenv(name, raising=False)
   started = []
   monkeypatch.setattr("jax.distributed.initialize", lambda **kw: started.append(kw))
-  assert not distributed.initialize()
-  assert not distributed.initialize(num_processes=1)
-  monkeypatch.setenv(distributed.NUM_PROCESSES_ENV, "1")
-  assert not distributed.initialize()
+  assert not process.initialize()
+  assert not process.initialize(num_processes=1)
+  monkeypatch.setenv(process.NUM_PROCESSES_ENV, "1")
+  assert not process.initialize()
   assert not started
 
 
 def test_multi_process_settings_come_from_flags_or_environment(monkeypatch):
   from gbair_jax.errors import UserError
-  from gbair_jax.influence import distributed
+  from gbair_jax.runtime import process
   started = []
   monkeypatch.setattr("jax.distributed.initialize", lambda **kw: started.append(kw))
-  monkeypatch.setenv(distributed.COORDINATOR_ENV, "10.0.0.1:1234")
-  monkeypatch.setenv(distributed.NUM_PROCESSES_ENV, "4")
-  monkeypatch.setenv(distributed.PROCESS_ID_ENV, "3")
-  assert distributed.initialize()
-  assert distributed.initialize(process_id=1)  # a flag beats the environment
+  monkeypatch.setenv(process.COORDINATOR_ENV, "10.0.0.1:1234")
+  monkeypatch.setenv(process.NUM_PROCESSES_ENV, "4")
+  monkeypatch.setenv(process.PROCESS_ID_ENV, "3")
+  assert process.initialize()
+  assert process.initialize(process_id=1)  # a flag beats the environment
   assert started == [dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3),
                      dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=1)]
   with pytest.raises(UserError, match="process_id=4"):
-    distributed.initialize(process_id=4)
-  monkeypatch.delenv(distributed.COORDINATOR_ENV)
+    process.initialize(process_id=4)
+  monkeypatch.delenv(process.COORDINATOR_ENV)
   with pytest.raises(UserError, match="coordinator"):
-    distributed.initialize()
-  monkeypatch.setenv(distributed.NUM_PROCESSES_ENV, "two")
+    process.initialize()
+  monkeypatch.setenv(process.NUM_PROCESSES_ENV, "two")
   with pytest.raises(UserError, match="JAX_NUM_PROCESSES"):
-    distributed.initialize()
-
-
-def test_host_shard_deals_batches_round_robin():
-  from gbair_jax.influence import distributed
-  shares = [list(distributed.host_shard(range(7), i, 3)) for i in range(3)]
-  assert shares == [[0, 3, 6], [1, 4], [2, 5]]
-  assert list(distributed.host_shard(range(3))) == [0, 1, 2]  # one process: everything
+    process.initialize()
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:

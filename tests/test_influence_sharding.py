@@ -10,8 +10,9 @@ import pytest
 from jax.sharding import AxisType
 
 from gbair_jax.influence import per_example_grads as grads_lib
-from gbair_jax.influence import sharding, tracin
+from gbair_jax.influence import tracin
 from gbair_jax.influence.projection import RandomProjection
+from gbair_jax.runtime import mesh as mesh_lib
 
 VOCAB, WIDTH, TOKENS, PROMPT_LENGTH, BATCH = 13, 6, 4, 2, 16
 
@@ -56,8 +57,8 @@ def relative_error(got, want):
 ], ids=["raw", "vmap-cosine-projected"])
 def test_eight_devices_score_like_one(options):
   checkpoints, frozen, train, queries = make_problem()
-  mesh = sharding.make_data_mesh()
-  assert mesh.shape == {"data": 8}
+  mesh = mesh_lib.make_mesh()
+  assert mesh.shape == {"data": 8, "model": 1}
   results = [tracin.tracin_scores(token_mlp_loss, checkpoints, frozen, train, queries,
                                   options=options, top_k=5, keep_scores=True, mesh=m,
                                   progress=False) for m in (None, mesh)]
@@ -73,9 +74,9 @@ def test_eight_devices_score_like_one(options):
 
 def test_the_shard_map_gradient_trap_is_avoided(monkeypatch):
   checkpoints, frozen, train, _ = make_problem()
-  prompt, batch, mesh = checkpoints[0][0], train[0], sharding.make_data_mesh()
+  prompt, batch, mesh = checkpoints[0][0], train[0], mesh_lib.make_mesh()
   want = np.asarray(grads_lib.per_example_grads(token_mlp_loss, prompt, frozen, batch))
-  got = np.asarray(sharding.sharded_per_example_grads(token_mlp_loss, prompt, frozen, batch,
+  got = np.asarray(grads_lib.sharded_per_example_grads(token_mlp_loss, prompt, frozen, batch,
                                                       mesh))
   assert relative_error(got, want) <= 1e-5
 
@@ -84,7 +85,7 @@ def test_the_shard_map_gradient_trap_is_avoided(monkeypatch):
   monkeypatch.setattr(jax.lax, "pcast", lambda x, *args, **kwargs: x)
   jax.clear_caches()  # jit would otherwise reuse the program traced with the real pcast
   try:
-    trapped = np.asarray(sharding.sharded_per_example_grads(token_mlp_loss, prompt, frozen,
+    trapped = np.asarray(grads_lib.sharded_per_example_grads(token_mlp_loss, prompt, frozen,
                                                             batch, mesh))
   finally:
     monkeypatch.undo()
@@ -96,10 +97,18 @@ def test_the_shard_map_gradient_trap_is_avoided(monkeypatch):
                              rtol=1e-4, atol=1e-6)
 
 
-def test_mesh_is_auto_typed_and_batches_must_split_evenly():
-  mesh = sharding.make_data_mesh()
-  assert mesh.axis_types == (AxisType.Auto,)
+def test_mesh_is_auto_typed_and_uneven_batches_are_padded_and_masked():
+  mesh = mesh_lib.make_mesh()
+  assert mesh.axis_types == (AxisType.Auto, AxisType.Auto)
   checkpoints, frozen, train, _ = make_problem()
-  uneven = {k: v[:12] for k, v in train[0].items()}
-  with pytest.raises(ValueError, match="not divisible"):
-    sharding.sharded_per_example_grads(token_mlp_loss, checkpoints[0][0], frozen, uneven, mesh)
+  uneven = {k: v[:12] for k, v in train[0].items()}  # 12 rows over 8 devices: padded to 16
+  want = np.asarray(grads_lib.per_example_grads(token_mlp_loss, checkpoints[0][0], frozen,
+                                                uneven))
+  got = np.asarray(grads_lib.sharded_per_example_grads(token_mlp_loss, checkpoints[0][0],
+                                                       frozen, uneven, mesh))
+  assert got.shape == (16, want.shape[1])
+  assert relative_error(got[:12], want) <= 1e-5
+  assert not np.any(got[12:])  # the padding rows are masked out
+  no_valid = {k: v for k, v in uneven.items() if k != "valid"}
+  with pytest.raises(ValueError, match="8-way `data` mesh axis"):
+    mesh_lib.shard_batch(no_valid, mesh)

@@ -45,6 +45,15 @@ def test_select_suspects_orders_and_excludes():
   np.testing.assert_array_equal(actions.select_suspects(scores, 10, exclude), [4, 3, 0])
 
 
+def test_near_ties_keep_training_order_on_any_mesh():
+  """Scores that differ only in the last bits (another device count adds in another
+  order) select the same examples, in training-set order."""
+  one_device = np.array([1.0, 0.5, 0.5, 0.2])
+  eight_devices = one_device * (1 + np.array([3e-7, -2e-7, 4e-7, 1e-7]))
+  for scores in (one_device, eight_devices):
+    np.testing.assert_array_equal(actions.select_suspects(scores, 3), [0, 1, 2])
+
+
 def test_selection_size_bounds():
   assert actions.selection_size(100, select_count=7) == 7
   assert actions.selection_size(100, select_count=None, select_fraction=0.25) == 25

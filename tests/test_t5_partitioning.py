@@ -8,9 +8,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gbair_jax.models import classifier as classifier_lib
-from gbair_jax.models import partitioning
 from gbair_jax.models import t5
 from gbair_jax.models import t5_checkpoint
+from gbair_jax.runtime import mesh as mesh_lib
 
 # What T5X's standard (1-D parameter partitioning) rules give each tiny-T5 parameter.
 EXPECTED_1D = [
@@ -41,7 +41,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def mesh():
   assert jax.device_count() == 8, "conftest.py should give 8 fake CPU devices"
-  return partitioning.make_mesh(model_parallelism=4)
+  return mesh_lib.make_mesh(model_parallelism=4)
 
 
 def _flat(tree):
@@ -51,13 +51,14 @@ def _flat(tree):
 def test_mesh_is_2x4_with_auto_axes(mesh):
   assert dict(mesh.shape) == {"data": 2, "model": 4}
   assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
-  with pytest.raises(ValueError, match="does not divide"):
-    partitioning.make_mesh(model_parallelism=3)
+  from gbair_jax.errors import UserError
+  with pytest.raises(UserError, match="model_parallelism=3 does not divide"):
+    mesh_lib.make_mesh(model_parallelism=3)
 
 
 def test_every_weight_is_placed_as_the_rules_say(tiny, mesh):
   _, params = tiny
-  placed = _flat(partitioning.place_params(params, mesh))
+  placed = _flat(mesh_lib.place_params(params, mesh))
   assert len(placed) == len(_flat(params))
   for name, spec in EXPECTED_1D:
     array = placed[name]
@@ -71,13 +72,13 @@ def test_every_weight_is_placed_as_the_rules_say(tiny, mesh):
     assert "data" not in spec, name
     if name.endswith("kernel"):
       assert spec.count("model") == 1, name
-  assert partitioning.bytes_per_device(params, mesh) < sum(
+  assert mesh_lib.bytes_per_device(params, mesh) < sum(
       v.nbytes for v in _flat(params).values()) / 2
 
 
 def test_two_dimensional_rules_also_split_d_model_over_data(tiny, mesh):
   _, params = tiny
-  specs = _flat(partitioning.partition_specs(params, mesh, partitioning.standard_rules(2)))
+  specs = _flat(mesh_lib.partition_specs(params, mesh, mesh_lib.standard_rules(2)))
   assert specs["encoder/layers_0/attention/query/kernel"] == P("data", "model")
   assert specs["decoder/layers_0/mlp/wo/kernel"] == P("model", "data")
   assert specs["token_embedder/embedding"] == P("model", "data")
@@ -99,7 +100,7 @@ def test_sharded_model_gives_the_unsharded_scores_and_gradients(tiny, mesh):
   step = jax.jit(logits_and_grads)
   reference_logits, reference_grads = step(params, batch)
 
-  placed = partitioning.place_params(params, mesh)
+  placed = mesh_lib.place_params(params, mesh)
   sharded_batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
   logits, grads = step(placed, sharded_batch)
   np.testing.assert_allclose(np.asarray(logits), np.asarray(reference_logits), rtol=1e-5, atol=1e-5)
@@ -113,7 +114,7 @@ def test_sharded_model_gives_the_unsharded_scores_and_gradients(tiny, mesh):
 def test_orbax_checkpoint_loads_straight_onto_the_mesh(tmp_path, tiny, mesh):
   _, params = tiny
   t5_checkpoint.write_orbax_t5x_checkpoint(str(tmp_path), 1, params)
-  shardings = partitioning.param_shardings(params, mesh)
+  shardings = mesh_lib.param_shardings(params, mesh)
   loaded = _flat(t5_checkpoint.load_t5x_params(str(tmp_path), shardings=shardings))
   for name, value in _flat(params).items():
     assert loaded[name].sharding.is_equivalent_to(_flat(shardings)[name], value.ndim), name
@@ -122,8 +123,8 @@ def test_orbax_checkpoint_loads_straight_onto_the_mesh(tmp_path, tiny, mesh):
 
 def test_dimension_the_mesh_cannot_divide_stays_whole(tiny):
   _, params = tiny
-  wide = partitioning.make_mesh(model_parallelism=8)
-  specs = _flat(partitioning.partition_specs(params, wide))
+  wide = mesh_lib.make_mesh(model_parallelism=8)
+  specs = _flat(mesh_lib.partition_specs(params, wide))
   assert specs["encoder/relpos_bias/rel_embedding"] == P(None, None)  # 4 heads, 8 devices
   assert specs["encoder/layers_0/attention/query/kernel"] == P(None, "model")  # 16 = 8 x 2
 
@@ -131,7 +132,7 @@ def test_dimension_the_mesh_cannot_divide_stays_whole(tiny):
 def test_parameter_without_a_rule_is_an_error(tiny):
   _, params = tiny
   with pytest.raises(ValueError, match="encoder/adapter/kernel"):
-    partitioning.partition_specs({**params, "encoder": {**params["encoder"],
+    mesh_lib.partition_specs({**params, "encoder": {**params["encoder"],
                                                         "adapter": {"kernel": np.zeros((2, 2))}}})
 
 
@@ -154,10 +155,11 @@ def test_build_experiment_partitions_frozen_weights_and_training_matches(tmp_pat
     kernel = exp.frozen["encoder"]["layers_0"]["attention"]["query"]["kernel"]
     if partition:
       assert kernel.sharding.spec == P(None, "model") and len(kernel.sharding.device_set) == 8
+    assert dict(exp.mesh.shape) == {"data": 2, "model": 4}
     splits = {k: v for k, v in exp.tokenized_splits().items() if k != "validation"}
     prompts[partition] = train_prompt(exp.spec, exp.frozen, splits,
                                       str(tmp_path / str(partition)), num_epochs=1,
-                                      batch_size=8, progress=False).prompt
+                                      batch_size=8, progress=False, mesh=exp.mesh).prompt
   np.testing.assert_allclose(prompts[True], prompts[False], rtol=2e-4, atol=2e-5)
   gin.clear_config()
   config.parse_gin(["gin/models/minilm.gin", "gin/data/insults.gin"], [

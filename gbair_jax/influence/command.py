@@ -60,7 +60,7 @@ def run(output_dir: str, round_index: int, queries: str = "misclassified", top_k
   train = apply_ledger(splits["train"], read_ledger(files.join(output_dir, "ledger.jsonl")),
                        before_round=round_index)
   validation = splits["validation"]
-  logits = predict_logits(exp.spec, ckpts[-1][0], exp.frozen, validation)
+  logits = predict_logits(exp.spec, ckpts[-1][0], exp.frozen, validation, mesh=exp.mesh)
   predicted = {int(i): int(p) for i, p in zip(validation["example_id"], logits.argmax(-1))}
   query_rows = select_queries(validation, logits, queries)
   if len(query_rows["label"]) == 0:
@@ -69,7 +69,8 @@ def run(output_dir: str, round_index: int, queries: str = "misclassified", top_k
   result = tracin.tracin_scores(exp.spec.example_losses, ckpts, exp.frozen,
                                 batches_lib.iterate_batches(train, 32),
                                 batches_lib.iterate_batches(query_rows, 32),
-                                top_k=min(top_k, len(train["label"])), progress=progress)
+                                top_k=min(top_k, len(train["label"])), mesh=exp.mesh,
+                                progress=progress)
   names = exp.data.label_names
   train_row = {int(i): n for n, i in enumerate(train["example_id"])}
   query_row = {int(i): n for n, i in enumerate(query_rows["example_id"])}

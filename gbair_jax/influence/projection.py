@@ -62,8 +62,10 @@ class RandomProjection:
       index, rows = index_and_rows
       return total + rows @ _block(self.seed, index, self.block_rows, self.dim), None
 
-    total = jnp.zeros((batch_size, self.dim), jnp.float32)
-    total, _ = jax.lax.scan(add_block, total, (jnp.arange(num_blocks), blocks))
+    # The first block starts the sum (not zeros): inside shard_map the carry then varies
+    # over the mesh axes that `grads` varies over, as scan requires.
+    total = blocks[0] @ _block(self.seed, 0, self.block_rows, self.dim)
+    total, _ = jax.lax.scan(add_block, total, (jnp.arange(1, num_blocks), blocks[1:]))
     return total
 
 

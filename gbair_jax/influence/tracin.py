@@ -3,7 +3,8 @@
 TracInCP(z, z') = sum_c lr_c <g_c(z), g_c(z')>. Query gradients for every checkpoint are
 held (C x M x k); the training set is streamed batch by batch and reduced on the fly
 (top-k per query, per-example aggregates), so memory stays flat in N unless the full
-[N, M] matrix is asked for.
+[N, M] matrix is asked for. Both streams run on a ('data', 'model') mesh (runtime/mesh.py):
+each global batch split over `data`, frozen weights wherever they were placed.
 """
 from __future__ import annotations
 
@@ -15,13 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from gbair_jax.errors import UserError
-from gbair_jax.influence import distributed
 from gbair_jax.influence import per_example_grads as grads_lib
-from gbair_jax.influence import sharding as sharding_lib
 from gbair_jax.influence.projection import RandomProjection
+from gbair_jax.runtime import mesh as mesh_lib
 
 # A checkpoint is (prompt [P, D], learning rate used in its epoch).
 Checkpoint = tuple[Any, float]
@@ -55,9 +55,6 @@ class QueryGradients:
 @dataclasses.dataclass
 class TracInResult:
   """Streamed TracIn reductions; per-example arrays follow the stream order of valid rows.
-
-  With several processes the order is step by step, process 0's batch first: with
-  `distributed.host_shard` that is the order of the unsharded stream.
 
   Opponent lists run from the most negative score up, proponent lists from the most
   positive down; they hold min(top_k, N) entries per query.
@@ -99,9 +96,6 @@ def _features(loss_fn, prompt, frozen, batch, options: GradientOptions, matrix):
   return grads, squared_norms
 
 
-_features_jit = jax.jit(_features, static_argnames=("loss_fn", "options"))
-
-
 def _projection_matrix(options: GradientOptions, input_dim: int) -> jax.Array | None:
   projection = options.projection
   if projection is None or not projection.fits_in_memory(input_dim):
@@ -116,21 +110,49 @@ def _batch_ids(batch: dict[str, Any]) -> np.ndarray:
   return np.asarray(batch["example_id"], np.int64)
 
 
+@functools.partial(jax.jit, static_argnames=("loss_fn", "options", "mesh"))
+def _query_step(prompts, frozen, matrix, batch, *, loss_fn, options, mesh):
+  """Features [C, B, k] of one query batch at every checkpoint, replicated."""
+
+  def per_shard(prompts, frozen, matrix, batch):
+    def one(prompt):  # the trap fix: gradients w.r.t. the replicated prompt stay per-device
+      return _features(loss_fn, mesh_lib.vary(prompt), frozen, batch, options, matrix)[0]
+    return jax.lax.map(one, prompts)
+
+  replicated, split = PartitionSpec(), PartitionSpec(mesh_lib.DATA_AXIS)
+  features = jax.shard_map(per_shard, mesh=mesh, axis_names={mesh_lib.DATA_AXIS},
+                           in_specs=(replicated,) * 3 + (split,),
+                           out_specs=PartitionSpec(None, mesh_lib.DATA_AXIS))(
+                               prompts, frozen, matrix, batch)
+  return jax.lax.with_sharding_constraint(features, mesh_lib.replicated(mesh))
+
+
+def _default_mesh(mesh: Mesh | None) -> Mesh:
+  return mesh if mesh is not None else mesh_lib.single_device_mesh()
+
+
 def query_gradients(loss_fn: grads_lib.LossFn, checkpoints: Sequence[Checkpoint], frozen: Any,
                     query_batches: Iterable[dict[str, Any]],
-                    options: GradientOptions = GradientOptions()) -> QueryGradients:
-  """Gradient features of the valid query rows for every checkpoint: [C, M, k]."""
+                    options: GradientOptions = GradientOptions(),
+                    mesh: Mesh | None = None) -> QueryGradients:
+  """Gradient features of the valid query rows for every checkpoint: [C, M, k].
+
+  Query batches are global batches, split over the mesh's `data` axis like training ones.
+  """
+  mesh = _default_mesh(mesh)
   prompts, _ = _stack_checkpoints(checkpoints)
   matrix = _projection_matrix(options, prompts[0].size)
-  frozen = jax.device_put(frozen)  # once, not once per checkpoint and batch
+  # Once, not once per checkpoint and batch.
+  prompts, matrix = mesh_lib.replicate((prompts, matrix), mesh)
+  frozen = mesh_lib.on_mesh(frozen, mesh)
   ids, features = [], []
   for batch in query_batches:
     valid = np.asarray(batch["valid"], bool)
     ids.append(_batch_ids(batch)[valid])
-    on_device = grads_lib.device_batch(batch)
-    per_checkpoint = [np.asarray(_features_jit(loss_fn, prompt, frozen, on_device, options,
-                                               matrix)[0])[valid] for prompt in prompts]
-    features.append(np.stack(per_checkpoint))
+    on_device = mesh_lib.shard_batch(grads_lib.device_batch(batch), mesh)
+    batch_features = _query_step(prompts, frozen, matrix, on_device, loss_fn=loss_fn,
+                                 options=options, mesh=mesh)
+    features.append(mesh_lib.host_value(batch_features)[:, :len(valid)][:, valid])
   if not ids:
     raise UserError("TracIn needs at least one query batch, got none")
   return QueryGradients(np.concatenate(ids), np.concatenate(features, axis=1))
@@ -172,19 +194,18 @@ def _merge_top_k(best_scores, best_positions, scores, positions, valid, largest:
 def _step(state, prompts, learning_rates, queries, frozen, matrix, batch, id_words, offset, *,
           loss_fn, options, mesh, keep_scores):
   """Scores one training batch and folds it into the running reductions."""
-  if mesh is None:
-    scores, self_influence = _score_batch(loss_fn, options, prompts, learning_rates, queries,
-                                          frozen, matrix, batch, vary=lambda x: x)
-  else:
-    def per_shard(prompts, learning_rates, queries, frozen, matrix, batch):
-      # The trap fix: gradients w.r.t. the replicated prompts must stay per-device.
-      return _score_batch(loss_fn, options, sharding_lib.vary(prompts), learning_rates,
-                          queries, frozen, matrix, batch, vary=sharding_lib.vary)
 
-    replicated, split = PartitionSpec(), PartitionSpec(sharding_lib.DATA_AXIS)
-    scores, self_influence = jax.shard_map(
-        per_shard, mesh=mesh, in_specs=(replicated,) * 5 + (split,), out_specs=(split, split))(
-            prompts, learning_rates, queries, frozen, matrix, batch)
+  def per_shard(prompts, learning_rates, queries, frozen, matrix, batch):
+    # The trap fix: gradients w.r.t. the replicated prompts must stay per-device.
+    return _score_batch(loss_fn, options, mesh_lib.vary(prompts), learning_rates,
+                        queries, frozen, matrix, batch, vary=mesh_lib.vary)
+
+  # Only `data` is manual: frozen weights split over `model` stay split (GSPMD inside).
+  replicated, split = PartitionSpec(), PartitionSpec(mesh_lib.DATA_AXIS)
+  scores, self_influence = jax.shard_map(
+      per_shard, mesh=mesh, axis_names={mesh_lib.DATA_AXIS},
+      in_specs=(replicated,) * 5 + (split,), out_specs=(split, split))(
+          prompts, learning_rates, queries, frozen, matrix, batch)
 
   valid = batch["valid"]
   positions = offset + jnp.arange(valid.shape[0], dtype=jnp.int32)
@@ -199,24 +220,16 @@ def _step(state, prompts, learning_rates, queries, frozen, matrix, batch, id_wor
                      mean_influence=jnp.mean(scores, axis=1), valid=valid, id_words=id_words)
   if keep_scores:
     per_example["scores"] = scores
-  if mesh is not None:
-    # Every host reads the whole result: replicate the small per-batch outputs.
-    everywhere = NamedSharding(mesh, PartitionSpec())
-    per_example = jax.lax.with_sharding_constraint(per_example, everywhere)
-    state = jax.lax.with_sharding_constraint(state, everywhere)
+  # Every host reads the whole result: replicate the small per-batch outputs.
+  everywhere = mesh_lib.replicated(mesh)
+  per_example = jax.lax.with_sharding_constraint(per_example, everywhere)
+  state = jax.lax.with_sharding_constraint(state, everywhere)
   return state, per_example
 
 
 def _id_words(example_ids: np.ndarray) -> np.ndarray:
   """int64 ids as int32 pairs [B, 2]: they cross devices exactly without jax_enable_x64."""
   return np.ascontiguousarray(example_ids, np.int64).view(np.int32).reshape(-1, 2)
-
-
-def _empty_like(batch: dict[str, Any]) -> dict[str, Any]:
-  """An all-padding batch shaped like `batch`, for a host whose share ran out first."""
-  empty = {key: np.zeros_like(np.asarray(value)) for key, value in batch.items()}
-  empty["valid"] = np.zeros_like(np.asarray(batch["valid"]), bool)
-  return empty
 
 
 def tracin_scores(loss_fn: grads_lib.LossFn, checkpoints: Sequence[Checkpoint], frozen: Any,
@@ -232,36 +245,36 @@ def tracin_scores(loss_fn: grads_lib.LossFn, checkpoints: Sequence[Checkpoint], 
       at each example's current label; hashable (it is a jit static argument).
     checkpoints: (prompt [P, D], learning rate) per checkpoint.
     frozen: frozen weights (any pytree), passed through jit as an argument.
-    train_batches: this host's training batches (fixed size B, last one padded), each a
-      dict with `example_id` (int64 [B]) and `valid` (bool [B]); read once, in order.
+    train_batches: global training batches (the same on every process), each a dict with
+      `example_id` (int64 [B]) and `valid` (bool [B]); read once, in order. Each is split
+      over the mesh's `data` axis; every process feeds its own rows.
     query_batches: query batches (same contract), or their `QueryGradients` computed with
       the same checkpoints and options.
     options: gradient kernel, cosine normalisation, random projection.
     top_k: opponents and proponents kept per query.
     keep_scores: also return the full [N, M] matrix (O(N x M) host memory).
-    mesh: a mesh with a `data` axis to split batches over (see sharding.make_data_mesh);
-      with several processes, defaults to one over every device of every process.
+    mesh: the ('data', 'model') mesh of the experiment (runtime/mesh.py); default: one
+      device. Frozen weights already on it stay where they are (e.g. split over `model`).
     progress: show a tqdm bar over training batches (on process 0).
 
   Returns:
     A TracInResult, identical on every process.
 
-  With several processes (see distributed.py), every process passes the same checkpoints,
-  frozen weights and queries, and its own share of the training batches (same batch size).
+  With several processes (runtime/process.py), every process passes the same arguments:
+  the mesh spans them all, and each feeds only its own rows of every batch.
   """
   if top_k < 1:
     raise UserError(f"top_k must be >= 1, got {top_k}")
-  if mesh is None and jax.process_count() > 1:
-    mesh = sharding_lib.make_data_mesh()
+  mesh = _default_mesh(mesh)
+  frozen = mesh_lib.on_mesh(frozen, mesh)
   prompts, learning_rates = _stack_checkpoints(checkpoints)
   queries = (query_batches if isinstance(query_batches, QueryGradients)
-             else query_gradients(loss_fn, checkpoints, frozen, query_batches, options))
+             else query_gradients(loss_fn, checkpoints, frozen, query_batches, options, mesh))
   num_queries = queries.example_ids.shape[0]
   matrix = _projection_matrix(options, prompts[0].size)
 
-  put = ((lambda tree: jax.device_put(tree)) if mesh is None
-         else (lambda tree: sharding_lib.replicate(tree, mesh)))
-  constants = put((prompts, learning_rates, queries.features, frozen, matrix))
+  put = lambda tree: mesh_lib.replicate(tree, mesh)
+  constants = (*put((prompts, learning_rates, queries.features)), frozen, put(matrix))
   state = put(dict(
       opponent_scores=np.full((num_queries, top_k), np.inf, np.float32),
       opponent_positions=np.full((num_queries, top_k), -1, np.int32),
@@ -274,28 +287,18 @@ def tracin_scores(loss_fn: grads_lib.LossFn, checkpoints: Sequence[Checkpoint], 
 
   def collect(per_example):
     for name in fields:
-      collected[name].append(sharding_lib.host_value(per_example[name]))
+      collected[name].append(mesh_lib.host_value(per_example[name]))
 
   total = len(train_batches) if hasattr(train_batches, "__len__") else None
   bar = tqdm.tqdm(total=total, unit="batch", desc="TracIn",
                   disable=not progress or jax.process_index() != 0)
-  batches = iter(train_batches)
-  template, pending, offset = None, None, 0
-  while True:
-    batch = next(batches, None)
-    if not distributed.any_process(batch is not None):
-      break
-    if batch is None:
-      if template is None:
-        raise UserError(f"process {jax.process_index()} got no training batch while others "
-                        "did: give every process at least one batch")
-      batch = _empty_like(template)
-    template = batch
+  pending, offset = None, 0
+  for batch in train_batches:
     ids = _id_words(_batch_ids(batch))
     on_device = grads_lib.device_batch(batch)
-    if mesh is not None:
-      on_device = sharding_lib.shard_batch(on_device, mesh)
-      ids = sharding_lib.shard_batch({"ids": ids}, mesh)["ids"]
+    on_device["id_words"] = ids
+    on_device = mesh_lib.shard_batch(on_device, mesh)
+    ids = on_device.pop("id_words")
     state, per_example = _step(state, *constants, on_device, ids, np.int32(offset),
                                loss_fn=loss_fn, options=options, mesh=mesh,
                                keep_scores=keep_scores)
@@ -310,7 +313,7 @@ def tracin_scores(loss_fn: grads_lib.LossFn, checkpoints: Sequence[Checkpoint], 
     collect(pending)
   if not collected["valid"]:
     raise UserError("TracIn got no training batches")
-  return _finish(collected, jax.tree.map(sharding_lib.host_value, state), queries.example_ids,
+  return _finish(collected, mesh_lib.host_tree(state), queries.example_ids,
                  keep_scores)
 
 

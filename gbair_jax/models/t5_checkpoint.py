@@ -99,7 +99,7 @@ def load_t5x_params(path: str, step: int | None = None, *, dtype: Any = None,
     step: step to read from a model dir (None: the latest).
     dtype: cast every weight to this dtype (None: as stored).
     shardings: optional tree of `jax.sharding.Sharding` matching `target` (see
-      `partitioning.param_shardings`): Orbax checkpoints are then read straight onto
+      `runtime.mesh.param_shardings`): Orbax checkpoints are then read straight onto
       the devices, each host reading only its shards; legacy ones are placed after reading.
   """
   step_dir = find_step_dir(path, step)

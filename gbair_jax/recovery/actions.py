@@ -12,17 +12,27 @@ from gbair_jax.data.ledger import LedgerEntry
 from gbair_jax.errors import UserError
 
 ACTIONS = ("relabel", "remove")
+# Ranking resolution, relative to the largest |score|. The same run on another mesh (1
+# device, 8, several hosts) adds in another order and moves scores in their last bits
+# (about 1e-6 relative); ranking on scores rounded to this step puts near-ties in training-
+# set order on every mesh alike, so ledgers do not depend on the hardware.
+RANK_RESOLUTION = 1e-4
 
 
 def select_suspects(scores: np.ndarray, count: int, exclude: np.ndarray | None = None) -> np.ndarray:
   """Indices of the `count` highest finite scores, best first; `exclude` (bool [N]) marks
-  examples already changed in an earlier round, which are never selected again."""
+  examples already changed in an earlier round, which are never selected again. Scores
+  within RANK_RESOLUTION of the largest count as tied (training-set order decides)."""
   scores = np.asarray(scores, np.float64).copy()
   if exclude is not None:
     scores[exclude] = -np.inf
   candidates = np.flatnonzero(np.isfinite(scores))
+  key = scores[candidates]
+  scale = float(np.max(np.abs(key))) if len(key) else 0.0
+  if scale > 0:
+    key = np.round(key / (scale * RANK_RESOLUTION))
   # Stable sort on -score: ties keep training-set order, so selection is deterministic.
-  ranked = candidates[np.argsort(-scores[candidates], kind="stable")]
+  ranked = candidates[np.argsort(-key, kind="stable")]
   return ranked[:count]
 
 

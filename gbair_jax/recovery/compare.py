@@ -8,12 +8,12 @@ from __future__ import annotations
 import gin
 
 from gbair_jax.errors import UserError
-from gbair_jax.influence import distributed
 from gbair_jax.recovery import loop
 from gbair_jax.recovery.strategies import get_strategy
 from gbair_jax.recovery import actions
 from gbair_jax.report import plots, writer
 from gbair_jax.runtime import files
+from gbair_jax.runtime import process as distributed
 from gbair_jax.train import checkpoints
 from gbair_jax.train.experiment import (build_experiment, check_output_dir_free,
                                         claim_output_dir)

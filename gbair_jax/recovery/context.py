@@ -26,6 +26,7 @@ class RoundContext:
   seed: int
   batch_size: int = 32
   progress: bool = True
+  mesh: Any = None                               # the experiment's mesh (None: one device)
   # With tracin.source = "in_run": what the training steps accumulated (train/in_run.py),
   # and the per-epoch training dynamics, [epochs, N] arrays in training-set order.
   in_run: InRunResult | None = None

@@ -18,13 +18,13 @@ from gbair_jax.data import describe as describe_lib
 from gbair_jax.data import ledger as ledger_lib
 from gbair_jax.data.ledger import apply_ledger, read_ledger
 from gbair_jax.errors import UserError
-from gbair_jax.influence import distributed
 from gbair_jax.recovery import actions
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery import tracin_strategies  # noqa: F401  (registers G-BAIR strategies)
 from gbair_jax.recovery.strategies import get_strategy
 from gbair_jax.report import writer as report_writer
 from gbair_jax.runtime import files
+from gbair_jax.runtime import process as distributed
 from gbair_jax.train import checkpoints
 from gbair_jax.train.experiment import (Experiment, build_experiment, check_output_dir_free,
                                         claim_output_dir)
@@ -52,7 +52,8 @@ def train_only(output_dir: str) -> dict:
   if primary:
     _print_rows_read(exp)
   with claim_output_dir(output_dir, gin.config_str(), exp.data):
-    result = train_prompt(exp.spec, exp.frozen, splits, round_dir, progress=primary)
+    result = train_prompt(exp.spec, exp.frozen, splits, round_dir, progress=primary,
+                          mesh=exp.mesh)
   if primary:
     print(f"test: {files.dumps_json(result.metrics.get('test', {}), indent=None)}")
     print(f"metrics: {files.join(round_dir, 'metrics.json')}")
@@ -138,6 +139,7 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
         "num_corrupted": int(train_source["is_corrupted"].sum()),
         "rounds": rounds,
         "references": _references(exp, splits, output_dir, references, rounds, progress),
+        **exp.runtime(),  # mesh shape, device kind, number of processes
     }
     if primary:
       report_writer.write_report(output_dir, report, exp.data.label_names)
@@ -175,7 +177,7 @@ def _rounds(output_dir: str, exp: Experiment, splits: dict, num_rounds: int, str
             if r < num_rounds else None)  # tracin.source = "in_run": scored while training
     result = train_prompt(exp.spec, exp.frozen, {**splits, "train": train}, round_dir,
                           initial_prompt=previous_prompt if retrain == "warm_start" else None,
-                          progress=progress, in_run=hook)
+                          progress=progress, mesh=exp.mesh, in_run=hook)
     train_seconds = time.time() - started
     previous_prompt = result.prompt
     summary = {"round": r, "num_train": int(len(train["label"])), "selected": 0,
@@ -186,7 +188,8 @@ def _rounds(output_dir: str, exp: Experiment, splits: dict, num_rounds: int, str
 
     if r < num_rounds:
       started = time.time()
-      validation_logits = predict_logits(exp.spec, result.prompt, exp.frozen, splits["validation"])
+      validation_logits = predict_logits(exp.spec, result.prompt, exp.frozen, splits["validation"],
+                                         mesh=exp.mesh)
       own = [e for e in entries if e.round == r]
       if own:
         # Killed after this round's ledger append and before round.json (or between the
@@ -202,8 +205,9 @@ def _rounds(output_dir: str, exp: Experiment, splits: dict, num_rounds: int, str
             spec=exp.spec, frozen=exp.frozen, train=train, validation=splits["validation"],
             checkpoints=checkpoints.load_tracin_checkpoints(round_dir),
             final_prompt=result.prompt,
-            train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train),
-            validation_logits=validation_logits, seed=r, progress=progress,
+            train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train,
+                                        mesh=exp.mesh),
+            validation_logits=validation_logits, seed=r, progress=progress, mesh=exp.mesh,
             in_run=result.in_run,
             dynamics=result.in_run.dynamics if result.in_run is not None else None)
         scores = strategy_fn(ctx)
@@ -303,7 +307,7 @@ def _references(exp: Experiment, splits: dict, output_dir: str, references: tupl
       metrics = files.read_json(metrics_path)
     else:
       metrics = train_prompt(exp.spec, exp.frozen, {**splits, "train": train}, clean_dir,
-                             progress=progress).metrics
+                             progress=progress, mesh=exp.mesh).metrics
     out["clean"] = {"test": metrics.get("test", {}),
                     "validation": metrics["epochs"][-1].get("validation", {})}
   if "no_recovery" in references:

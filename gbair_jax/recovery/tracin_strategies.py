@@ -27,11 +27,10 @@ it without a pass of their own; other settings score from the checkpoints as bef
 from __future__ import annotations
 
 import gin
-import jax
 import numpy as np
 
 from gbair_jax.errors import UserError
-from gbair_jax.influence import distributed, tracin
+from gbair_jax.influence import tracin
 from gbair_jax.influence.projection import RandomProjection
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery.strategies import current_label_losses, register
@@ -47,13 +46,10 @@ def _in_train_order(ctx: RoundContext, ids: np.ndarray, values: np.ndarray) -> n
   return np.array([values[position[int(i)]] for i in ctx.train["example_id"]], np.float64)
 
 
-def _batches(ctx: RoundContext, arrays: dict[str, np.ndarray], per_host: bool = False):
-  """Scores are keyed by example id, so one process may run shortest texts first with
-  trimmed padding; several processes keep one shape so their batches assemble, and each
-  scores its own share of the training set (`per_host`; queries are the same everywhere)."""
-  if jax.process_count() > 1:
-    stream = batches_lib.iterate_batches(arrays, ctx.batch_size)
-    return distributed.host_shard(stream) if per_host else stream
+def _batches(ctx: RoundContext, arrays: dict[str, np.ndarray]):
+  """Scores are keyed by example id, so batches run shortest texts first with trimmed
+  padding. They are global batches: every process iterates the same ones, and the mesh
+  (ctx.mesh) splits each over its `data` axis."""
   return batches_lib.iterate_batches(arrays, ctx.batch_size, batches_lib.length_order(arrays),
                                      trim_multiple=batches_lib.TRIM_MULTIPLE)
 
@@ -129,8 +125,8 @@ def tracin_opponents(ctx: RoundContext, aggregation: str = "net_opposition",
   options = tracin.GradientOptions(normalize=normalize, projection=projection)
   result = tracin.tracin_scores(
       ctx.spec.example_losses, ctx.checkpoints, ctx.frozen,
-      _batches(ctx, ctx.train, per_host=True), _batches(ctx, query_set), options=options,
-      top_k=min(top_k, num), progress=ctx.progress)
+      _batches(ctx, ctx.train), _batches(ctx, query_set), options=options,
+      top_k=min(top_k, num), mesh=ctx.mesh, progress=ctx.progress)
   negative = _in_train_order(ctx, result.example_ids, result.negative_influence)
   if aggregation == "net_opposition":
     self_influence = (None if normalize else  # cosine scores are already per unit gradient
@@ -155,6 +151,6 @@ def self_influence_strategy(ctx: RoundContext) -> np.ndarray:
   if ctx.in_run is not None:
     return ctx.in_run.self_influence.astype(np.float64)
   ids, scores = tracin.self_influence(ctx.spec.example_losses, ctx.checkpoints, ctx.frozen,
-                                      _batches(ctx, ctx.train, per_host=True),
+                                      _batches(ctx, ctx.train), mesh=ctx.mesh,
                                       progress=ctx.progress)
   return _in_train_order(ctx, ids, scores)

@@ -1,1 +1,3 @@
-"""Runtime helpers beside the stages: device mesh, processes, run-directory file I/O."""
+"""Runtime helpers beside the stages: the device mesh with its partitioning rules, the
+multi-process set-up, and run-directory file I/O. They import no stage of gbair_jax, and
+every stage may import them."""

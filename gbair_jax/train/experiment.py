@@ -1,4 +1,5 @@
-"""Everything a run needs, built from gin: data, classifier, frozen weights, tokenised splits.
+"""Everything a run needs, built from gin: data, classifier, frozen weights, tokenised splits,
+and the one device mesh that training, evaluation and TracIn share (the composition root).
 
 Also guards an output directory: it is locked while a command writes it, a run's gin
 config and data fingerprint are written once, and a different config or data is refused.
@@ -9,12 +10,15 @@ import dataclasses
 
 import gin
 import numpy as np
+from jax.sharding import Mesh
 
 from gbair_jax.data.dataset import LabeledData, load_data
 from gbair_jax.errors import UserError
 from gbair_jax.models.backbone import Params
 from gbair_jax.models.classifier import ClassifierSpec, build_classifier
 from gbair_jax.runtime import files
+from gbair_jax.runtime import mesh as mesh_lib
+from gbair_jax.runtime import process
 from gbair_jax.train import batches as batches_lib
 
 
@@ -22,8 +26,19 @@ from gbair_jax.train import batches as batches_lib
 class Experiment:
   data: LabeledData
   spec: ClassifierSpec
-  frozen: Params
+  frozen: Params  # on `mesh`: replicated, or partitioned (build_experiment.partition_frozen)
   sequence_length: int
+  # ('data', 'model'): batches over data, frozen weights over model when asked; None: one
+  # device (an Experiment put together by hand, e.g. in a notebook).
+  mesh: Mesh | None = None
+
+  def __post_init__(self):
+    if self.mesh is None:
+      self.mesh = mesh_lib.single_device_mesh()
+
+  def runtime(self) -> dict:
+    """What ran: {"mesh": {"data": D, "model": M}, "device_kind": ..., "num_processes": ...}."""
+    return mesh_lib.describe(self.mesh)
 
   def tokenize(self, split: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return batches_lib.tokenize_split(split, self.spec.backbone, self.sequence_length)
@@ -37,22 +52,24 @@ def build_experiment(sequence_length: int = 64, partition_frozen: bool = False) 
   """Loads the gin-configured task and backbone. `sequence_length` counts text tokens
   (special tokens included), not the prompt.
 
-  `partition_frozen=True` splits the frozen weights over a ('data', 'model') mesh with the
-  T5X-style rules of models/partitioning.py (mesh shape: `partitioning.make_mesh`), for
-  backbones too large for one device (T5 XL / XXL); jit then runs the model with GSPMD.
+  The mesh is built here, once, from `partitioning.make_mesh` (default: every device,
+  all of them on `data`). Frozen weights are replicated on it, or with
+  `partition_frozen=True` split over its `model` axis by the T5X-style rules of
+  runtime/mesh.py, for backbones too large for one device (T5 XL / XXL); jit then runs the
+  model with GSPMD.
   """
   if sequence_length < 4:
     raise UserError(f"build_experiment.sequence_length must be >= 4, got {sequence_length}")
   data = load_data()
   spec = build_classifier(label_names=data.label_names)
+  mesh = mesh_lib.make_mesh()
   frozen = spec.backbone.load_params()
-  if partition_frozen:
-    from gbair_jax.models import partitioning  # pylint: disable=g-import-not-at-top
-    try:
-      frozen = partitioning.place_params(frozen, partitioning.make_mesh())
-    except ValueError as e:
-      raise UserError(f"build_experiment.partition_frozen: {e}") from e
-  return Experiment(data=data, spec=spec, frozen=frozen, sequence_length=sequence_length)
+  try:
+    frozen = mesh_lib.place_frozen(frozen, mesh, partition=partition_frozen)
+  except ValueError as e:
+    raise UserError(f"build_experiment.partition_frozen: {e}") from e
+  return Experiment(data=data, spec=spec, frozen=frozen, sequence_length=sequence_length,
+                    mesh=mesh)
 
 
 CONFIG_FILE = "config.gin"
@@ -73,11 +90,10 @@ def claim_output_dir(output_dir: str, config: str, data: LabeledData | None = No
       run with a different config or different data (nothing is changed then).
   """
   from gbair_jax.data import fingerprint as fingerprint_lib  # pylint: disable=g-import-not-at-top
-  from gbair_jax.influence import distributed  # pylint: disable=g-import-not-at-top
   fingerprint = None if data is None else fingerprint_lib.data_fingerprint(data)
   _check_recorded(output_dir, config, fingerprint)  # before creating anything
   files.make_output_dir(output_dir)
-  primary = distributed.is_primary()
+  primary = process.is_primary()
   # Process 0 holds the lock for all processes of one run (they share output_dir).
   lock = files.RunLock(output_dir).acquire() if primary else files.RunLock(output_dir)
   try:
@@ -96,8 +112,7 @@ def claim_output_dir(output_dir: str, config: str, data: LabeledData | None = No
 
 def check_output_dir_free(output_dir: str) -> None:
   """Refuses at once an output_dir another process writes (see `files.RunLock`)."""
-  from gbair_jax.influence import distributed  # pylint: disable=g-import-not-at-top
-  if distributed.is_primary():  # the other processes of this run share process 0's lock
+  if process.is_primary():  # the other processes of this run share process 0's lock
     files.RunLock(output_dir).check_free()
 
 

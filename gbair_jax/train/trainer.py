@@ -2,11 +2,14 @@
 
 `train_prompt` trains the soft prompt of a `ClassifierSpec` on a tokenised train split,
 evaluates each epoch on validation, writes `<round_dir>/metrics.json`, and picks up after
-a kill from the last finished epoch with the same result as an uninterrupted run.
+a kill from the last finished epoch with the same result as an uninterrupted run. Steps run
+on the experiment's mesh: each global batch split over `data`, the prompt and optimizer
+state replicated, the frozen weights where the experiment placed them.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable
 
@@ -16,12 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from tqdm import tqdm
 
-from gbair_jax.influence import distributed
 from gbair_jax.models.backbone import Params
 from gbair_jax.models.classifier import ClassifierSpec
 from gbair_jax.runtime import files
+from gbair_jax.runtime import mesh as mesh_lib
+from gbair_jax.runtime import process
 from gbair_jax.train import batches as batches_lib
 from gbair_jax.train import checkpoints
 from gbair_jax.train import in_run as in_run_lib
@@ -48,22 +53,27 @@ def mean_loss(spec: ClassifierSpec) -> Callable:
 
 
 def make_train_step(spec: ClassifierSpec, optimizer: optax.GradientTransformation,
+                    mesh: Mesh | None = None,
                     in_run: in_run_lib.InRunTracIn | None = None,
                     schedule: optax.Schedule | None = None):
   """`(state, frozen, batch) -> (state, metrics)`; frozen weights are an argument, never a
   closure constant, so they are not baked into the compiled program.
 
+  With a mesh, the batch comes split over `data` (mesh.shard_batch) and GSPMD sums the
+  gradient over it; the new state is pinned replicated, as every process reads it.
+
   With `in_run` (and the learning-rate `schedule`), the step is
   `(state, frozen, batch, accumulators, query_features, epoch_index) -> (state, metrics,
   accumulators)`: its one backward pass gives the plain step's gradient (the update) and
   every row's own (per_example_grads.mean_and_per_example_grads), which it hands to
-  `in_run.accumulate`.
+  `in_run.accumulate`; the accumulators are replicated like the state.
   """
+  out_shardings = None if mesh is None else mesh_lib.replicated(mesh)
   if in_run is not None:
-    return _make_in_run_step(optimizer, in_run, schedule)
+    return _make_in_run_step(optimizer, in_run, schedule, out_shardings)
   loss_fn = mean_loss(spec)
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=out_shardings)
   def train_step(state: TrainState, frozen: Params, batch):
     loss, grads = jax.value_and_grad(loss_fn)(state.prompt, frozen, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.prompt)
@@ -73,8 +83,9 @@ def make_train_step(spec: ClassifierSpec, optimizer: optax.GradientTransformatio
   return train_step
 
 
-def _make_in_run_step(optimizer, in_run: in_run_lib.InRunTracIn, schedule: optax.Schedule):
-  @jax.jit
+def _make_in_run_step(optimizer, in_run: in_run_lib.InRunTracIn, schedule: optax.Schedule,
+                      out_shardings):
+  @functools.partial(jax.jit, out_shardings=out_shardings)
   def in_run_step(state: TrainState, frozen: Params, batch, accumulators, features, epoch_index):
     grad, grads, losses, logits = in_run.step_gradients(state.prompt, frozen, batch)
     updates, opt_state = optimizer.update(grad, state.opt_state, state.prompt)
@@ -89,24 +100,31 @@ def _make_in_run_step(optimizer, in_run: in_run_lib.InRunTracIn, schedule: optax
   return in_run_step
 
 
-def make_logits_fn(spec: ClassifierSpec):
-  @jax.jit
+def make_logits_fn(spec: ClassifierSpec, mesh: Mesh | None = None):
+  """Jitted `(prompt, frozen, tokens, mask) -> logits`, replicated on the mesh's devices."""
+  out_shardings = None if mesh is None else mesh_lib.replicated(mesh)
+
+  @functools.partial(jax.jit, out_shardings=out_shardings)
   def logits_fn(prompt, frozen, tokens, mask):
     return spec.logits(prompt, frozen, tokens, mask)
   return logits_fn
 
 
 def predict_logits(spec: ClassifierSpec, prompt, frozen: Params, arrays: Arrays,
-                   batch_size: int = 64, logits_fn=None) -> np.ndarray:
+                   batch_size: int = 64, logits_fn=None, mesh: Mesh | None = None) -> np.ndarray:
   """Logits [N, C] for a whole split, in the split's order. Runs shortest texts first with
-  trimmed padding (batches.length_order): the same logits, less compute."""
-  logits_fn = logits_fn or make_logits_fn(spec)
+  trimmed padding (batches.length_order): the same logits, less compute. Batches are split
+  over the mesh's `data` axis (default: a one-device mesh)."""
+  mesh = mesh if mesh is not None else mesh_lib.single_device_mesh()
+  logits_fn = logits_fn or make_logits_fn(spec, mesh)
+  prompt, frozen = mesh_lib.on_mesh((prompt, frozen), mesh)
   order = batches_lib.length_order(arrays)
   out = []
   for batch in batches_lib.iterate_batches(arrays, batch_size, order, keys=("tokens", "mask"),
                                            trim_multiple=batches_lib.TRIM_MULTIPLE):
-    logits = np.asarray(logits_fn(prompt, frozen, batch["tokens"], batch["mask"]))
-    out.append(logits[batch["valid"]])
+    placed = mesh_lib.shard_batch(batch, mesh)
+    logits = mesh_lib.host_value(logits_fn(prompt, frozen, placed["tokens"], placed["mask"]))
+    out.append(logits[:batch_size][batch["valid"]])
   if not out:
     return np.zeros((0, len(spec.label_names)), np.float32)
   logits = np.empty((len(order), out[0].shape[1]), out[0].dtype)
@@ -114,9 +132,10 @@ def predict_logits(spec: ClassifierSpec, prompt, frozen: Params, arrays: Arrays,
   return logits
 
 
-def evaluate(spec, prompt, frozen, arrays: Arrays, batch_size: int = 64, logits_fn=None) -> dict:
+def evaluate(spec, prompt, frozen, arrays: Arrays, batch_size: int = 64, logits_fn=None,
+             mesh: Mesh | None = None) -> dict:
   """accuracy / F1 / AUC of the split's own labels (validation and test are never corrupted)."""
-  logits = predict_logits(spec, prompt, frozen, arrays, batch_size, logits_fn)
+  logits = predict_logits(spec, prompt, frozen, arrays, batch_size, logits_fn, mesh)
   return classification_metrics(logits, arrays["label"])
 
 
@@ -128,12 +147,13 @@ class TrainResult:
   in_run: in_run_lib.InRunResult | None = None  # with the `in_run` hook
 
 
-@gin.configurable(denylist=["spec", "frozen", "splits", "round_dir", "initial_prompt", "in_run"])
+@gin.configurable(denylist=["spec", "frozen", "splits", "round_dir", "initial_prompt", "mesh",
+                           "in_run"])
 def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays], round_dir: str,
                  initial_prompt: np.ndarray | None = None, *, num_epochs: int = 3,
                  batch_size: int = 32, eval_batch_size: int = 64, seed: int = 0,
                  prompt_initializer: Callable | None = None, progress: bool = True,
-                 tensorboard: bool = True,
+                 tensorboard: bool = True, mesh: Mesh | None = None,
                  in_run: in_run_lib.InRunTracIn | None = None) -> TrainResult:
   """Trains the prompt; one checkpoint per epoch; resumes from the last finished epoch.
 
@@ -144,7 +164,10 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     initial_prompt: warm start (recovery rounds); None initialises with
       `prompt_initializer` (default: class-label embeddings) from `seed`.
     num_epochs, batch_size, eval_batch_size, seed: the usual; the data order of epoch e is
-      a function of (seed, e) only.
+      a function of (seed, e) only. Batch sizes are global: split over the mesh's `data`
+      axis (padded with masked rows where it does not divide them).
+    mesh: the experiment's mesh (default: a one-device mesh); `frozen` is placed on it
+      unless it already is.
     in_run: accumulate in-run TracIn and training dynamics (train/in_run.py); they are
       saved beside each epoch checkpoint and restored on resume.
   """
@@ -155,10 +178,13 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
   train = splits["train"]
   steps_per_epoch = batches_lib.num_batches(len(train["label"]), batch_size)
 
+  mesh = mesh if mesh is not None else mesh_lib.single_device_mesh()
+  frozen = mesh_lib.on_mesh(frozen, mesh)
   if initial_prompt is None:
-    initial_prompt = spec.initial_prompt(jax.random.PRNGKey(seed), frozen, prompt_initializer)
-  prompt = jnp.asarray(initial_prompt, jnp.float32)
-  state = TrainState(step=jnp.zeros((), jnp.int32), prompt=prompt, opt_state=optimizer.init(prompt))
+    initial_prompt = _initial_prompt(spec, frozen, seed, prompt_initializer, mesh)
+  prompt = mesh_lib.host_value(initial_prompt).astype(np.float32)
+  state = mesh_lib.replicate(TrainState(step=np.zeros((), np.int32), prompt=prompt,
+                                        opt_state=optimizer.init(prompt)), mesh)
 
   mngr = checkpoints.manager(round_dir)
   history: list[dict] = []
@@ -166,14 +192,15 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
   if mngr.latest_step() is not None:  # resume after a kill
     last = mngr.latest_step()
     prompt, opt_state, meta = checkpoints.restore_epoch(
-        mngr, last, checkpoints.as_abstract(state.prompt), checkpoints.as_abstract(state.opt_state))
-    state = TrainState(step=jnp.asarray(meta["step"], jnp.int32), prompt=jnp.asarray(prompt),
-                       opt_state=opt_state)
+        mngr, last, checkpoints.as_abstract(mesh_lib.host_tree(state.prompt)),
+        checkpoints.as_abstract(mesh_lib.host_tree(state.opt_state)))
+    state = mesh_lib.replicate(TrainState(step=np.asarray(meta["step"], np.int32),
+                                          prompt=np.asarray(prompt), opt_state=opt_state), mesh)
     history = [checkpoints.restore_epoch_meta(mngr, e) for e in sorted(mngr.all_steps())]
     history = [h["metrics"] for h in history]
     start_epoch = last + 1
 
-  train_step = make_train_step(spec, optimizer, in_run, schedule)
+  train_step = make_train_step(spec, optimizer, mesh, in_run, schedule)
   train_keys = ("tokens", "mask", "label")
   if in_run is not None:
     in_run.setup(len(train["label"]), num_epochs)
@@ -182,13 +209,13 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     query_features = None  # the query pass at the prompt each epoch starts from
     train = {**train, in_run_lib.POSITION_KEY: np.arange(len(train["label"]), dtype=np.int32)}
     train_keys += (in_run_lib.POSITION_KEY,)
-  logits_fn = make_logits_fn(spec)
-  primary = distributed.is_primary()
+  logits_fn = make_logits_fn(spec, mesh)
+  primary = process.is_primary()
   writer = _tensorboard_writer(round_dir) if tensorboard and primary else None
   started = time.time()
   for epoch in range(start_epoch, num_epochs + 1):
     order = batches_lib.epoch_order(len(train["label"]), seed, epoch)
-    first_step = int(state.step)
+    first_step = int(mesh_lib.host_value(state.step))
     losses, seen, epoch_start = [], 0, time.time()
     if in_run is not None and query_features is None:
       query_features, _ = in_run.query_pass(state.prompt, frozen)
@@ -197,17 +224,18 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
                desc=f"{files.basename(round_dir)} epoch {epoch}/{num_epochs}", disable=not progress,
                leave=False, dynamic_ncols=True)
     for batch in bar:
+      on_mesh = mesh_lib.shard_batch(batch, mesh)
       if in_run is None:
-        state, step_metrics = train_step(state, frozen, batch)
+        state, step_metrics = train_step(state, frozen, on_mesh)
       else:
-        state, step_metrics, accumulators = train_step(state, frozen, batch, accumulators,
+        state, step_metrics, accumulators = train_step(state, frozen, on_mesh, accumulators,
                                                        query_features, np.int32(epoch - 1))
       losses.append(step_metrics["loss"])
       seen += int(batch["valid"].sum())
       if len(losses) % 5 == 0:
-        bar.set_postfix(loss=f"{float(losses[-1]):.4f}",
+        bar.set_postfix(loss=f"{float(mesh_lib.host_value(losses[-1])):.4f}",
                         ex_per_s=f"{seen / (time.time() - epoch_start):.1f}")
-    train_loss = float(np.mean([float(l) for l in losses]))
+    train_loss = float(np.mean([float(mesh_lib.host_value(l)) for l in losses]))
     record = {"epoch": epoch,
               "learning_rate": optimizer_lib.epoch_learning_rate(schedule, first_step, steps_per_epoch),
               "train_loss": train_loss,
@@ -220,13 +248,15 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
       record["validation"] = classification_metrics(logits, splits["validation"]["label"])
     elif "validation" in splits:
       record["validation"] = evaluate(spec, state.prompt, frozen, splits["validation"],
-                                      eval_batch_size, logits_fn)
+                                      eval_batch_size, logits_fn, mesh)
     record["seconds"] = time.time() - epoch_start
     history.append(record)
     if in_run is not None and primary:
       in_run.save(round_dir, epoch, accumulators)
-    checkpoints.save_epoch(mngr, epoch, state.prompt, state.opt_state,
-                           {"epoch": epoch, "step": int(state.step),
+    # Host copies: with several processes the replicated state spans other hosts' devices.
+    checkpoints.save_epoch(mngr, epoch, mesh_lib.host_tree(state.prompt),
+                           mesh_lib.host_tree(state.opt_state),
+                           {"epoch": epoch, "step": int(mesh_lib.host_value(state.step)),
                             "learning_rate": record["learning_rate"], "metrics": record})
     if writer is not None:
       scalars = {"train_loss": train_loss, "learning_rate": record["learning_rate"]}
@@ -240,11 +270,23 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
 
   metrics = {"epochs": history}
   if "test" in splits:
-    metrics["test"] = evaluate(spec, state.prompt, frozen, splits["test"], eval_batch_size, logits_fn)
+    metrics["test"] = evaluate(spec, state.prompt, frozen, splits["test"], eval_batch_size,
+                               logits_fn, mesh)
+  metrics.update(mesh_lib.describe(mesh))
   if primary:
     files.write_json(metrics_path, metrics)
-  return TrainResult(prompt=np.asarray(state.prompt), metrics=metrics, seconds=time.time() - started,
+  return TrainResult(prompt=mesh_lib.host_value(state.prompt), metrics=metrics,
+                     seconds=time.time() - started,
                      in_run=None if in_run is None else in_run.result(accumulators))
+
+
+def _initial_prompt(spec: ClassifierSpec, frozen: Params, seed: int,
+                    initializer: Callable | None, mesh: Mesh) -> jax.Array:
+  """The first prompt, computed on the mesh (the frozen embedding table may be split over
+  several hosts' devices, which no eager op on one host could read)."""
+  def init(frozen):
+    return spec.initial_prompt(jax.random.PRNGKey(seed), frozen, initializer)
+  return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(frozen)
 
 
 def _tensorboard_writer(round_dir: str):

@@ -1,20 +1,16 @@
-"""Multi-host scoring: start JAX's distributed runtime and give each host its share of data.
+"""Several processes (hosts): start JAX's distributed runtime, agree, and let one write.
 
-JAX's own runtime does the work (one global mesh over every host's devices); this module
-only resolves the coordinator settings, splits the batch stream, and agrees on when to stop.
+JAX's own runtime does the work (one global mesh over every process's devices, see
+mesh.py); this module only resolves the coordinator settings and keeps processes in step.
 """
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator, TypeVar
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
 
 from gbair_jax.errors import UserError
-
-T = TypeVar("T")
 
 # JAX itself reads JAX_COORDINATOR_ADDRESS; the other two are read here, under JAX-like names.
 COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
@@ -68,30 +64,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   return True
 
 
-def host_shard(batches: Iterable[T], process_index: int | None = None,
-               process_count: int | None = None) -> Iterator[T]:
-  """This host's batches of a stream every host reads alike: batch i goes to host i % count.
-
-  Round-robin keeps hosts within one batch of each other however long the stream is.
-  """
-  index = jax.process_index() if process_index is None else process_index
-  count = jax.process_count() if process_count is None else process_count
-  for i, batch in enumerate(batches):
-    if i % count == index:
-      yield batch
-
-
-def any_process(flag: bool) -> bool:
-  """Whether `flag` is true on any process (every process must call it, in step)."""
-  if jax.process_count() == 1:
-    return bool(flag)
-  flags = multihost_utils.process_allgather(np.asarray([flag], np.int32))
-  return bool(np.any(flags))
-
-
 def is_primary() -> bool:
   """Whether this process writes the run's files: every process computes the same rounds
-  (training is replicated, scores are gathered), process 0 alone writes them."""
+  (one program over the global mesh, results replicated), process 0 alone writes them."""
   return jax.process_index() == 0
 
 
