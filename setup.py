@@ -30,6 +30,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["gbair_jax", "gbair_jax.*", "tasks", "tasks.*"]),
     # The pinned stack lives in requirements.txt (installed by `make`), so that the
     # asset packages can be installed with --no-deps beside it.
+    package_data={"gbair_jax.review": ["static/*.html"]},
     install_requires=[],
     cmdclass={"build_py": BuildPyWithGinFiles},
     entry_points={"console_scripts": ["gbair = gbair_jax.main:run"]},

@@ -3,7 +3,8 @@
   gbair data describe --gin_file=gin/data/insults.gin [--gin.CORRUPTION_RATE=0.3] [--json]
   gbair train     --gin_file=gin/runs/train_insults.gin --output_dir=runs/insults
   gbair influence --output_dir=runs/quickstart --round=0 [--queries=misclassified] [--top_k=5]
-  gbair run       --gin_file=gin/runs/quickstart.gin --output_dir=runs/quickstart
+  gbair run       --gin_file=gin/runs/quickstart.gin --output_dir=runs/quickstart [--review]
+  gbair review    --output_dir=runs/quickstart [--round=R] [--port=8765] [--score]
   gbair compare   --gin_file=gin/runs/quickstart.gin --strategies=tracin_opponents,loss,random
 Bad input prints one line (`gbair: error: ...`) and exits 2.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import sys
 import tempfile
 
@@ -90,10 +92,29 @@ def _parser() -> argparse.ArgumentParser:
   influence.add_argument("--output_dir", required=True, help="a run written by train or run")
   influence.add_argument("--round", type=int, default=0)
   influence.add_argument("--queries", default="misclassified",
-                         help="misclassified | validation | ids:1,2,3 (validation example ids)")
+                         help="misclassified | validation | ids:1,2,3 (validation example ids) | "
+                              "suspects (the round's selected training examples)")
   influence.add_argument("--top_k", type=int, default=5)
+  influence.add_argument("--batch_size", type=int, default=32,
+                         help="rows per TracIn batch (global: split over the mesh's data axis)")
 
-  gin_flags(commands.add_parser("run", help="G-BAIR recovery rounds with report"))
+  run = commands.add_parser("run", help="G-BAIR recovery rounds with report")
+  gin_flags(run)
+  run.add_argument("--review", action="store_true",
+                   help="pause each recovery round after selection for `gbair review`; rerun "
+                        "the same command to resume with the human decisions (not part of the "
+                        "saved config)")
+
+  review = commands.add_parser("review", help="review a paused round's suspects in a browser")
+  review.add_argument("--output_dir", required=True, help="a run paused by `gbair run --review`")
+  review.add_argument("--round", type=int, default=None,
+                      help="the round (default: the latest one waiting for review)")
+  review.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+  review.add_argument("--host", default="127.0.0.1",
+                      help="interface to bind; anything but loopback exposes the page (warns)")
+  review.add_argument("--score", action="store_true",
+                      help="print how the decisions compare with the synthetic corruption's "
+                           "ground truth, and exit")
 
   compare = commands.add_parser("compare", help="run several strategies on one config")
   gin_flags(compare)
@@ -123,8 +144,18 @@ def main(argv: list[str]) -> int:
       flag = overrides[0].split(" ")[0]
       raise UserError(f"gbair influence takes no gin flags (got --gin.{flag}): it reads the "
                       "config.gin of --output_dir; start a new run to change it")
-    from gbair_jax.influence import command as influence_command
-    influence_command.run(args.output_dir, args.round, args.queries, args.top_k)
+    from gbair_jax.commands import influence as influence_command
+    influence_command.run(args.output_dir, args.round, args.queries, args.top_k,
+                          args.batch_size)
+    return 0
+  if args.command == "review":
+    from gbair_jax.commands import review as review_command
+    if args.score:
+      review_command.score(args.output_dir, args.round)
+    else:
+      if not 0 <= args.port <= 65535:
+        raise UserError(f"--port={args.port}: must be in [0, 65535]")
+      review_command.serve(args.output_dir, args.round, args.host, args.port)
     return 0
   _maybe_distributed(args)
   _setup_gin(args, overrides)
@@ -139,7 +170,13 @@ def main(argv: list[str]) -> int:
     loop.train_only(args.output_dir)
   elif args.command == "run":
     from gbair_jax.recovery import loop
-    loop.run(args.output_dir)
+    result = loop.run(args.output_dir, review=args.review,
+                      resume_command=shlex.join(["gbair", *argv]) if args.review else None)
+    if "paused_for_review" in result:
+      r = result["paused_for_review"]
+      print(f"round {r} is waiting for review: gbair review "
+            f"--output_dir={shlex.quote(args.output_dir)} --round={r}\n"
+            "then rerun this command to retrain with the decisions")
   elif args.command == "compare":
     from gbair_jax.recovery import compare
     compare.compare(args.output_dir, [s for s in args.strategies.split(",") if s])

@@ -23,3 +23,10 @@ def clean_gin():
   gin.clear_config()
   yield
   gin.clear_config()
+
+
+@pytest.fixture(scope="session")
+def paused_review_run(tmp_path_factory):
+  """A tiny run paused for review at round 0 (tests/review_helpers.py); copy before use."""
+  from tests.review_helpers import build_paused_run  # pylint: disable=g-import-not-at-top
+  return build_paused_run(tmp_path_factory.mktemp("review"))

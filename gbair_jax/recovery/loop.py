@@ -4,6 +4,11 @@ Round r trains on the source labels + corruption + ledger entries of rounds < r.
 round ends by writing `round_<r>/round.json`; a rerun of the same command skips finished
 rounds and finished epochs, so a killed run ends with the same ledger and report. The run
 directory is locked while a command writes it, and the ledger is checked on every start.
+
+With `review=True` (`gbair run --review`) a recovery round stops after selection, before
+any label changes, and leaves `round_<r>/proposals.json` plus the evidence for
+`gbair review`; the reviewer's decisions become the round's ledger lines, and rerunning
+the command goes on from there (gbair_jax/review/).
 """
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery import tracin_strategies  # noqa: F401  (registers G-BAIR strategies)
 from gbair_jax.recovery.strategies import get_strategy
 from gbair_jax.report import writer as report_writer
+from gbair_jax.review import decisions as review_decisions
+from gbair_jax.review import proposals as review_proposals
+from gbair_jax.review import rounds as review_rounds
 from gbair_jax.runtime import files
 from gbair_jax.runtime import process as distributed
 from gbair_jax.train import checkpoints
@@ -64,9 +72,12 @@ def label_quality(train_source: dict, entries: list, through_round: int) -> dict
   """Wrong labels left after the ledger entries of rounds <= through_round."""
   current = apply_ledger(train_source, entries, before_round=through_round + 1)
   wrong = current["label"] != current["original_label"]
-  changed_ids = {e.example_id for e in entries if e.round <= through_round}
+  # Changed = relabeled or removed (a reviewer's reject is a ledger line that changes nothing).
+  now = dict(zip(current["example_id"].tolist(), current["label"].tolist()))
+  changed_ids = [i for i, label in zip(train_source["example_id"].tolist(),
+                                       train_source["label"].tolist()) if now.get(i) != label]
   corrupted_ids = train_source["example_id"][train_source["is_corrupted"]]
-  found = np.isin(corrupted_ids, list(changed_ids)).sum() if changed_ids else 0
+  found = np.isin(corrupted_ids, changed_ids).sum() if changed_ids else 0
   return {"corrupted_remaining": int(np.sum(wrong & current["is_corrupted"])),
           "wrong_labels": int(wrong.sum()),
           "recall_cumulative": float(found / max(len(corrupted_ids), 1))}
@@ -86,11 +97,12 @@ def normalize_references(references) -> tuple[str, ...]:
   return references
 
 
-@gin.configurable(denylist=["output_dir", "experiment"])
+@gin.configurable(denylist=["output_dir", "experiment", "review", "resume_command"])
 def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents",
         action: str = "relabel", retrain: str = "fresh",
         references: tuple | None = ("clean", "no_recovery"), progress: bool = True,
-        experiment: Experiment | None = None) -> dict:
+        experiment: Experiment | None = None, review: bool = False,
+        resume_command: str | None = None) -> dict:
   """Runs G-BAIR rounds 0..num_rounds (the last one only trains and evaluates).
 
   Args:
@@ -104,6 +116,10 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
     references: which reference results to add to the report: "clean" trains once on the
       uncorrupted labels; "no_recovery" is round 0 (same config, no label changed).
       None or () adds none.
+    review: pause a recovery round after selection for `gbair review` and return
+      {"paused_for_review": r, "proposals": path}; not part of the config. A round whose
+      ledger holds human decisions goes on with them (with or without `review`).
+    resume_command: the command line to show the reviewer (for the page's summary).
   """
   references = normalize_references(references)
   if retrain not in RETRAIN_MODES:
@@ -128,11 +144,14 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
   config_text = gin.config_str() + f"\n# strategy: {strategy}\n"
   with claim_output_dir(output_dir, config_text, exp.data):
     rounds = _rounds(output_dir, exp, splits, num_rounds, strategy, strategy_fn, action,
-                     retrain, selection_count, primary, progress)
+                     retrain, selection_count, primary, progress, review, resume_command)
+    if isinstance(rounds, dict):  # paused for review: no report until the run goes on
+      return rounds
     report = {
         # The config recorded when the directory was claimed: the same in every rerun.
         "config": config_text,
         "task": exp.data.task,
+        "label_names": list(exp.data.label_names),
         "strategy": strategy,
         "action": action,
         "num_train": int(len(train_source["label"])),
@@ -151,8 +170,10 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
 
 def _rounds(output_dir: str, exp: Experiment, splits: dict, num_rounds: int, strategy: str,
             strategy_fn, action: str, retrain: str, selection_count: int, primary: bool,
-            progress: bool) -> list[dict]:
-  """Rounds 0..num_rounds, each reused from round.json when finished; their summaries."""
+            progress: bool, review: bool = False,
+            resume_command: str | None = None) -> list[dict] | dict:
+  """Rounds 0..num_rounds, each reused from round.json when finished; their summaries (or
+  {"paused_for_review": r, "proposals": path} when a round pauses for review)."""
   train_source = splits["train"]
   ledger_path = files.join(output_dir, LEDGER_FILE)
   checked_ledger(output_dir, train_source, primary)
@@ -171,6 +192,16 @@ def _rounds(output_dir: str, exp: Experiment, splits: dict, num_rounds: int, str
       continue
 
     entries = read_ledger(ledger_path)
+    proposals = review_proposals.read_proposals(round_dir) if r < num_rounds else None
+    decided = [e for e in entries if e.round == r]
+    if proposals is not None:  # paused for review before
+      if review and not decided and not review_decisions.is_closed(output_dir, r):
+        return {"paused_for_review": r, "proposals": review_proposals.proposals_path(round_dir)}
+      if primary:  # going on: no decision may land after the ledger is read
+        review_decisions.close_review(output_dir, r)
+      distributed.barrier(f"review of round {r} closed")
+      entries = read_ledger(ledger_path)
+      decided = [e for e in entries if e.round == r]
     train = apply_ledger(train_source, entries, before_round=r)
     started = time.time()
     hook = (tracin_strategies.in_run_hook(strategy, exp.spec, splits["validation"])
@@ -180,13 +211,18 @@ def _rounds(output_dir: str, exp: Experiment, splits: dict, num_rounds: int, str
                           progress=progress, mesh=exp.mesh, in_run=hook)
     train_seconds = time.time() - started
     previous_prompt = result.prompt
-    summary = {"round": r, "num_train": int(len(train["label"])), "selected": 0,
+    summary = {"round": r, "label_names": list(exp.data.label_names),
+               "num_train": int(len(train["label"])), "selected": 0,
                "precision": None,
                "validation": result.metrics["epochs"][-1].get("validation", {}),
                "test": result.metrics.get("test", {}),
                "seconds": {"train": train_seconds, "score": 0.0}}
 
-    if r < num_rounds:
+    reviewed = proposals is not None and any(review_decisions.is_human(e) for e in decided)
+    if r < num_rounds and reviewed:  # the reviewer's decisions are this round's changes
+      summary.update(review_rounds.reviewed_round(round_dir, proposals, entries, train,
+                                                  train_source, write=primary))
+    elif r < num_rounds:
       started = time.time()
       validation_logits = predict_logits(exp.spec, result.prompt, exp.frozen, splits["validation"],
                                          mesh=exp.mesh)
@@ -214,6 +250,13 @@ def _rounds(output_dir: str, exp: Experiment, splits: dict, num_rounds: int, str
         changed = np.isin(train["example_id"], [e.example_id for e in entries])
         selected = actions.select_suspects(scores, selection_count, exclude=changed)
         new_entries = actions.act(action, selected, train, ctx.train_logits, scores, r, strategy)
+        if review and len(selected) and proposals is None:
+          path = review_rounds.pause_for_review(
+              round_dir, ctx, selected, new_entries, scores, exp.data.label_names,
+              round_index=r, strategy=strategy, action=action, resume_command=resume_command,
+              seconds={"train": train_seconds, "score": time.time() - started})
+          distributed.barrier(f"proposals of round {r}")
+          return {"paused_for_review": r, "proposals": path}
         if primary:
           report_writer.write_suspects(files.join(round_dir, "suspects.jsonl"), new_entries,
                                        train, exp.data.label_names)

@@ -98,8 +98,37 @@ def write_report(output_dir: str, report: dict, label_names) -> None:
         f"{_fmt(report['recovered_share_of_lost_auc'])}.", ""]
   md += [f"![{name}]({files.basename(path)})" for name, path in figures.items()]
   md += ["", "Audit every change in `round_<r>/suspects.jsonl`; the ledger is `ledger.jsonl`.", ""]
+  md += review_section(report)
   files.write_text(files.join(output_dir, "report.md"), "\n".join(md))
   _write_tensorboard(output_dir, report)
+
+
+REVIEW_COLUMNS = ("round", "suspects", "decided", "accept", "reject", "relabel", "drop",
+                  "right", "fixed", "broken", "strategy would be right")
+
+
+def review_section(report: dict) -> list[str]:
+  """report.md's "review a round" section: how to, and how each reviewed round went."""
+  lines = ["## Review a round", "",
+           "`gbair run ... --review` pauses each recovery round after selection, before any "
+           "label changes; `gbair review --output_dir=DIR` opens the suspects with their "
+           "evidence in the browser (127.0.0.1), each decision is a `human:<kind>` ledger line, "
+           "and rerunning the command retrains on them (README: \"Review a round\").", ""]
+  reviewed = [r for r in report["rounds"] if r.get("review")]
+  if not reviewed:
+    return lines + ["No round of this run was reviewed.", ""]
+  rows = []
+  for r in reviewed:
+    v = r["review"]
+    rows.append([str(r["round"]), str(v.get("suspects", "-")), str(v["decisions"]),
+                 str(v["accept"]), str(v["reject"]), str(v["relabel"]), str(v["drop"]),
+                 f"{v['right']}" + (f" ({v['accuracy']:.0%})" if v["accuracy"] is not None else ""),
+                 str(v["fixed"]), str(v["broken"]), str(v.get("automatic_right_on_decided", "-"))])
+  return lines + [markdown_table(REVIEW_COLUMNS, rows), "",
+                  "right: the decision left the example at its true label, or dropped a "
+                  "corrupted one (the page never shows the ground truth; `gbair review --score` "
+                  "prints the same); strategy would be right: the automatic action on the same "
+                  "examples.", ""]
 
 
 def _write_tensorboard(output_dir: str, report: dict) -> None:

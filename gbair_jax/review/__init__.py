@@ -1,0 +1,1 @@
+"""Human review of a round: proposals, evidence, a local web page, decisions into the ledger."""
