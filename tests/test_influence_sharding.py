@@ -1,7 +1,7 @@
 """TracIn over a `data` mesh of 8 fake CPU devices equals TracIn on one device.
 
-Also pins ASSETS.md trap 4: under shard_map the gradient w.r.t. a replicated prompt is
-summed over devices unless the prompt is cast to 'varying' first.
+Also pins a JAX 0.10 trap: under shard_map the gradient w.r.t. a replicated prompt is
+silently summed over devices unless the prompt is cast to 'varying' first.
 """
 import jax
 import jax.numpy as jnp

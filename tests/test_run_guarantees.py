@@ -1,4 +1,4 @@
-"""What the README's "What is guaranteed" section promises, one test per item of issue 14:
+"""What the README's "What is guaranteed" section promises, one test per promise:
 the run directory is locked, the data fingerprinted, input validated before anything is
 written, the ledger checked on every read, and what is not understood refused in one line.
 

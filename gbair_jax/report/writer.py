@@ -1,7 +1,8 @@
 """report.json, report.md, the per-round audit of suspects, and the console table.
 
-report.json follows the schema of the recovery issue; report.md is the table a person
-reads first; plots.py draws the PNGs referenced from it.
+report.json holds the config, the task and its label names, the strategy, one summary per
+round (selection, precision, label quality, metrics, timings) and the references (README:
+"The main job"); report.md is the table a person reads first; plots.py draws its PNGs.
 """
 from __future__ import annotations
 

@@ -99,7 +99,8 @@ def vary(x: jax.Array) -> jax.Array:
 
   Inside `jax.shard_map` (check_vma=True) the gradient w.r.t. a replicated input
   (in_specs=P()) is psum'd across devices: every "per-example" gradient would silently
-  become the sum over devices of the examples in the same row (ASSETS.md trap 4).
+  become the sum over devices of the examples in the same row, with no error
+  (tests/test_influence_sharding.py pins it).
   """
   return jax.lax.pcast(x, DATA_AXIS, to="varying")
 
