@@ -305,11 +305,10 @@ def minilm(max_length: int = 256, similarity_scale: float = 20.0, pool_prompt: b
     pool_prompt: False: mean-pool only the text, as the sentence model was trained, so the
       prompt steers the text's representation through attention and the pooled vector
       stays where the cosine to verbalizers means something; True also pools the P prompt
-      outputs, which then dominate short inputs. On rotten_tomatoes (prompt 20, Adam 1e-2,
-      150 steps of 32, 1000 test sentences, one seed) False gave 0.756 accuracy and True
-      0.742: no worse, and closer to how the model was trained.
-    dtype: matmul dtype, "float32" or "bfloat16" (bfloat16 was not faster on our 2-core
-      CPU: 43 vs 44-46 examples/s).
+      outputs, which then dominate short inputs (False measured no worse on
+      rotten_tomatoes: docs/BENCHMARKS.md), and it is how the model was trained.
+    dtype: matmul dtype, "float32" or "bfloat16" (bfloat16 was not faster on a 2-core
+      CPU: docs/BENCHMARKS.md).
     model_dir: a folder with config.json, model.safetensors and vocab.txt in Hugging Face
       layout; default: the package's.
   """

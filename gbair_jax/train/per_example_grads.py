@@ -17,9 +17,8 @@ LossFn = Callable[..., jax.Array]
 Batch = Mapping[str, Any]
 
 METHODS = ("copies", "vmap")
-# "copies" is one batched backward pass. On a synthetic prompt + attention model (2-core
-# CPU, batch 32, best of rounds) it ran 163 examples/s against vmap's 145 at prompt 20 +
-# 44 tokens, width 384 (a batched training gradient: 166), and 2247 against 1678 at width 64.
+# "copies" is one batched backward pass (gradient w.r.t. per-example prompt copies); it
+# beat vmap(grad) in every shape we measured (docs/BENCHMARKS.md, TracIn kernel throughput).
 DEFAULT_METHOD = "copies"
 
 
