@@ -57,8 +57,11 @@ def _register_uri_reader() -> None:
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
               search_paths: Sequence[str] = ()) -> None:
-  """Parses gin files then bindings; unknown files/bindings raise UserError."""
-  import_configurables()
+  """Parses gin files then bindings; unknown files/bindings raise UserError.
+
+  Nothing is imported up front: gin files import the modules whose configurables they
+  bind (T5X style), so a command loads only the stages and the backbone its config names.
+  """
   _register_uri_reader()
   gin.clear_config()
   for path in [*search_paths, os.getcwd(), GIN_ROOT]:
@@ -75,7 +78,10 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
     try:
       gin.parse_config(binding)
     except Exception as e:
-      raise UserError(f"gin binding '{binding}': {one_line(e)}") from e
+      hint = ("; bind it after a gin file that imports its module (e.g. --gin_file="
+              "gin/runs/base.gin), or add that import to your gin file"
+              if "No configurable matching" in str(e) else "")
+      raise UserError(f"gin binding '{binding}': {one_line(e)}{hint}") from e
   try:
     gin.finalize()
   except Exception as e:
@@ -104,12 +110,25 @@ def one_line(error: BaseException) -> str:
   return text[0] if text else type(error).__name__
 
 
-def import_configurables() -> None:
-  """Imports every module that registers gin configurables, so any gin file can use them."""
-  # pylint: disable=g-import-not-at-top,unused-import
-  import tasks  # noqa: F401  (SeqIO task registrations)
-  from gbair_jax.data import dataset  # noqa: F401
-  from gbair_jax.models import bert, classifier, llama, prompt, t5  # noqa: F401
-  from gbair_jax.recovery import loop  # noqa: F401
-  from gbair_jax.runtime import mesh  # noqa: F401  (partitioning.make_mesh)
-  from gbair_jax.train import experiment, optimizer, trainer  # noqa: F401
+# Stages a command that only rebuilds a run's experiment (`gbair influence`) neither imports
+# nor binds when it reads the run's config.gin.
+RUN_ONLY_MODULES = ("gbair_jax.recovery", "gbair_jax.review")
+
+
+def parse_run_config(path: str, leave_out: Sequence[str] = RUN_ONLY_MODULES) -> None:
+  """Parses a run's recorded config.gin for a command that rebuilds only its experiment.
+
+  The import lines of `leave_out` are dropped and their bindings skipped, so `gbair
+  influence` loads the data, the run's backbone and the trainer, not the round loop.
+  The file was checked when the run started; it is read as recorded.
+  """
+  _register_uri_reader()
+  from gbair_jax.runtime import files  # pylint: disable=g-import-not-at-top
+  kept = [line for line in files.read_text(path).splitlines()
+          if not any(line.startswith(f"import {module}") for module in leave_out)]
+  gin.clear_config()
+  try:
+    gin.parse_config("\n".join(kept), skip_unknown=True)
+    gin.finalize()
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"{path}: {one_line(e)}") from e

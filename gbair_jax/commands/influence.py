@@ -55,7 +55,7 @@ def run(output_dir: str, round_index: int, queries: str = "misclassified", top_k
     raise UserError(f"--top_k must be >= 1, got {top_k}")
   if batch_size < 1:
     raise UserError(f"--batch_size must be >= 1, got {batch_size}")
-  config.parse_gin([config_path])  # first: it says where the checkpoints are
+  config.parse_run_config(config_path)  # first: it says where the checkpoints are
   ckpts = checkpoints.load_tracin_checkpoints(round_dir)
   if not ckpts:
     raise UserError(f"{round_dir}: no finished epoch checkpoints for --round={round_index}")

@@ -5,8 +5,6 @@
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 from gbair_jax.data import ledger as ledger_lib
@@ -14,6 +12,7 @@ from gbair_jax.errors import UserError
 from gbair_jax.review import proposals as proposals_lib
 from gbair_jax.review import score as score_lib
 from gbair_jax.review import server as server_lib
+from gbair_jax.runtime import files
 
 DEFAULT_PORT = 8765
 
@@ -51,8 +50,8 @@ def score(output_dir: str, round_index: int | None = None) -> dict[int, dict]:
   from gbair_jax.data import dataset  # pylint: disable=g-import-not-at-top
   from gbair_jax.review.decisions import is_human  # pylint: disable=g-import-not-at-top
   from gbair_jax.train.experiment import CONFIG_FILE  # pylint: disable=g-import-not-at-top
-  config_path = os.path.join(output_dir, CONFIG_FILE)
-  if not os.path.exists(config_path):
+  config_path = files.join(output_dir, CONFIG_FILE)
+  if not files.exists(config_path):
     raise UserError(f"{config_path}: not found; --output_dir must be a run")
   entries = ledger_lib.read_ledger(ledger_lib.ledger_path(output_dir))
   rounds = sorted({e.round for e in entries if is_human(e)})
@@ -61,19 +60,16 @@ def score(output_dir: str, round_index: int | None = None) -> dict[int, dict]:
   if not rounds:
     raise UserError(f"{output_dir}: the ledger holds no human decision"
                     + ("" if round_index is None else f" of round {round_index}"))
-  config.parse_gin([config_path])
+  config.parse_run_config(config_path)
   train = dataset.load_data().splits["train"]
   if not train["is_corrupted"].any():
     print("note: this run's data has no synthetic corruption; 'right' means 'left at the "
           "label the data came with'")
   scores = {r: score_lib.score_round(
-      train, entries, r, proposals_lib.read_proposals(os.path.join(output_dir, f"round_{r}")))
+      train, entries, r, proposals_lib.read_proposals(files.join(output_dir, f"round_{r}")))
       for r in rounds}
   print(score_lib.format_scores(scores))
-  path = os.path.join(output_dir, "review_scores.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({str(r): s for r, s in scores.items()}, f, indent=2)
-  os.replace(tmp, path)
+  path = files.join(output_dir, "review_scores.json")
+  files.write_json(path, {str(r): s for r, s in scores.items()})
   print(f"scores: {path}")
   return scores
