@@ -17,13 +17,6 @@ from gbair_jax.errors import UserError
 LABELS = ("negative", "positive")
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def _write_csv(path, rows, header=("text", "label"), delimiter=","):
   lines = [delimiter.join(header)] + [delimiter.join(row) for row in rows]
   path.write_text("\n".join(lines) + "\n", encoding="utf-8")
