@@ -42,3 +42,34 @@ def logistic_loss(prompt, frozen, batch, per_example_prompt=None):
              else per_example_prompt.reshape(x.shape[0], -1))
   logits = jnp.sum(x * weights, axis=1) + frozen["bias"]
   return jax.nn.softplus(logits) - batch["label"].astype(jnp.float32) * logits
+
+
+def write_sentiment_csv(path, num: int = 120, seed: int = 0) -> None:
+  """A CSV (text, label names) of `synthetic_split`: the user-file input of CLI tests."""
+  import csv  # pylint: disable=g-import-not-at-top
+  split = synthetic_split(num, seed)
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["text", "label"])
+    for text, label in zip(split["text"], split["label"]):
+      writer.writerow([text, ["negative", "positive"][label]])
+
+
+def write_tiny_run_gin(path, data_path, num_epochs: int = 2, extra: str = "") -> str:
+  """A gin file for a seconds-long `gbair run` of the tiny BERT on `data_path`; `extra`
+  holds the test's own bindings (rounds, references, ...)."""
+  path.write_text(f"""
+include 'gin/models/tiny_bert.gin'
+include 'gin/data/user_csv.gin'
+import gbair_jax.recovery.loop
+USER_TRAIN_FILE = '{data_path}'
+USER_LABEL_NAMES = ('negative', 'positive')
+CORRUPTION_RATE = 0.25
+build_classifier.prompt_length = 4
+build_experiment.sequence_length = 12
+train_prompt.num_epochs = {num_epochs}
+train_prompt.batch_size = 8
+selection_size.select_count = 5
+tracin_opponents.top_k = 8
+{extra}""")
+  return str(path)

@@ -2,7 +2,6 @@
 
 Uses a tiny random BERT on a small CSV written here, so each process takes seconds.
 """
-import csv
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import synthetic_split
+from tests.helpers import write_sentiment_csv, write_tiny_run_gin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GBAIR = [sys.executable, "-m", "gbair_jax.main"]
@@ -22,30 +21,11 @@ GBAIR = [sys.executable, "-m", "gbair_jax.main"]
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
   root = tmp_path_factory.mktemp("cli")
-  split = synthetic_split(120, 0)
-  with open(root / "data.csv", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["text", "label"])
-    for text, label in zip(split["text"], split["label"]):
-      writer.writerow([text, ["negative", "positive"][label]])
-  gin_file = root / "tiny_run.gin"
-  gin_file.write_text(f"""
-include 'gin/models/tiny_bert.gin'
-include 'gin/data/user_csv.gin'
-import gbair_jax.recovery.loop
-USER_TRAIN_FILE = '{root / "data.csv"}'
-USER_LABEL_NAMES = ('negative', 'positive')
-CORRUPTION_RATE = 0.25
-build_classifier.prompt_length = 4
-build_experiment.sequence_length = 12
-train_prompt.num_epochs = 3
-train_prompt.batch_size = 8
-selection_size.select_count = 5
-tracin_opponents.top_k = 8
+  write_sentiment_csv(root / "data.csv")
+  return write_tiny_run_gin(root / "tiny_run.gin", root / "data.csv", num_epochs=3, extra="""
 run.num_rounds = 2
 run.strategy = 'tracin_opponents'
 """)
-  return str(gin_file)
 
 
 def gbair(*args, check=True, timeout=300):

@@ -5,7 +5,6 @@ CPU devices, the tiny T5 with model parallelism 2 and partitioned frozen weights
 local processes (gloo, 4 fake devices each, a localhost coordinator). Devices add in
 another order, so scores are compared to 1e-4; the ledgers' decisions must be identical.
 """
-import csv
 import json
 import math
 import os
@@ -14,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.helpers import free_port, synthetic_split
+from tests.helpers import free_port, write_sentiment_csv, write_tiny_run_gin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GBAIR = [sys.executable, "-m", "gbair_jax.main", "run"]
@@ -27,31 +26,12 @@ MODEL_PARALLEL = ["--gin.partitioning.make_mesh.model_parallelism=2",
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
   root = tmp_path_factory.mktemp("mesh")
-  split = synthetic_split(120, 0)
-  with open(root / "data.csv", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["text", "label"])
-    for text, label in zip(split["text"], split["label"]):
-      writer.writerow([text, ["negative", "positive"][label]])
-  gin_file = root / "tiny_run.gin"
-  gin_file.write_text(f"""
-include 'gin/models/tiny_bert.gin'
-include 'gin/data/user_csv.gin'
-import gbair_jax.recovery.loop
-USER_TRAIN_FILE = '{root / "data.csv"}'
-USER_LABEL_NAMES = ('negative', 'positive')
-CORRUPTION_RATE = 0.25
-build_classifier.prompt_length = 4
-build_experiment.sequence_length = 12
-train_prompt.num_epochs = 2
-train_prompt.batch_size = 8
+  write_sentiment_csv(root / "data.csv")
+  return root, write_tiny_run_gin(root / "tiny_run.gin", root / "data.csv", extra="""
 train_prompt.tensorboard = False
-selection_size.select_count = 5
-tracin_opponents.top_k = 8
 run.num_rounds = 1
 run.references = ('no_recovery',)
 """)
-  return root, str(gin_file)
 
 
 def gbair_run(config, name, devices, processes=1, model=(), flags=()):

@@ -5,7 +5,6 @@ written, the ledger checked on every read, and what is not understood refused in
 A tiny random BERT on a small CSV written here; the real `gbair` runs in subprocesses
 where the command itself is under test (locking, start-up noise), in-process otherwise.
 """
-import csv
 import json
 import os
 import shutil
@@ -19,50 +18,27 @@ import numpy as np
 import pytest
 
 from gbair_jax.errors import UserError
-from tests.helpers import synthetic_split
+from tests.helpers import write_sentiment_csv, write_tiny_run_gin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GBAIR = [sys.executable, "-m", "gbair_jax.main"]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
-def _write_data(path, num=120, seed=0):
-  split = synthetic_split(num, seed)
-  with open(path, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["text", "label"])
-    for text, label in zip(split["text"], split["label"]):
-      writer.writerow([text, ["negative", "positive"][label]])
-
-
 def _gin_file(root, data_path, name="tiny.gin"):
-  path = root / name
-  path.write_text(f"""
-include 'gin/models/tiny_bert.gin'
-include 'gin/data/user_csv.gin'
-import gbair_jax.recovery.loop
-USER_TRAIN_FILE = '{data_path}'
-USER_LABEL_NAMES = ('negative', 'positive')
-CORRUPTION_RATE = 0.25
-build_classifier.prompt_length = 4
-build_experiment.sequence_length = 12
-train_prompt.num_epochs = 2
-train_prompt.batch_size = 8
+  return write_tiny_run_gin(root / name, data_path, extra="""
 train_prompt.tensorboard = False
-selection_size.select_count = 5
-tracin_opponents.top_k = 8
 run.num_rounds = 1
 run.strategy = 'tracin_opponents'
 run.references = ('no_recovery',)
 """)
-  return str(path)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   """(gin file, a finished run of it): tests copy the run and change the copy."""
   root = tmp_path_factory.mktemp("guarantees")
-  _write_data(root / "data.csv")
+  write_sentiment_csv(root / "data.csv")
   config = _gin_file(root, root / "data.csv")
   finished = str(root / "finished")
   proc = subprocess.run([*GBAIR, "run", f"--gin_file={config}", f"--output_dir={finished}"],
@@ -161,7 +137,7 @@ def test_lock_refuses_a_second_holder_in_process(tmp_path):
 # 2. A source file edited in place is noticed: the rerun is refused like a different config.
 def test_edited_source_file_is_refused(tmp_path, capsys):
   data = tmp_path / "data.csv"
-  _write_data(data, num=96)
+  write_sentiment_csv(data, num=96)
   config = _gin_file(tmp_path, data)
   out = str(tmp_path / "run")
   args = ["train", f"--gin_file={config}", f"--output_dir={out}",
@@ -372,7 +348,7 @@ def test_references_none_means_none(setup, tmp_path):
 def test_label_without_examples_is_named(tmp_path):
   from gbair_jax.data import dataset
   path = tmp_path / "data.csv"
-  _write_data(path)
+  write_sentiment_csv(path)
   _bind_user_files(path, ("negative", "positive", "neutral"))
   with pytest.raises(UserError, match="class 'neutral' .* no example in any split"):
     dataset.load_data("user_files")
