@@ -79,7 +79,8 @@ def test_loss_rounds_write_ledger_and_report(experiment, tmp_path):
   for key in ("round", "selected", "precision", "recall_cumulative", "corrupted_remaining",
               "validation", "test", "seconds"):
     assert key in row
-  assert set(row["test"]) == {"accuracy", "f1", "auc"}
+  assert set(row["test"]) == {"accuracy", "f1", "auc", "threshold", "accuracy_at_threshold",
+                              "f1_at_threshold"}
   assert set(on_disk["references"]) == {"clean", "no_recovery"}
   assert on_disk["references"]["no_recovery"]["test"] == row["test"]
   # Precision and recall agree with the ledger and the corruption mask.

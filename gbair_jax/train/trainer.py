@@ -114,10 +114,12 @@ def predict_logits(spec: ClassifierSpec, prompt, frozen: Params, arrays: Arrays,
   return logits
 
 
-def evaluate(spec, prompt, frozen, arrays: Arrays, batch_size: int = 64, logits_fn=None) -> dict:
-  """accuracy / F1 / AUC of the split's own labels (validation and test are never corrupted)."""
+def evaluate(spec, prompt, frozen, arrays: Arrays, batch_size: int = 64, logits_fn=None,
+             threshold: float | None = None) -> dict:
+  """accuracy / F1 / AUC of the split's own labels (validation and test are never corrupted);
+  binary tasks also at a decision threshold (metrics.classification_metrics)."""
   logits = predict_logits(spec, prompt, frozen, arrays, batch_size, logits_fn)
-  return classification_metrics(logits, arrays["label"])
+  return classification_metrics(logits, arrays["label"], threshold)
 
 
 @dataclasses.dataclass
@@ -240,7 +242,10 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
 
   metrics = {"epochs": history}
   if "test" in splits:
-    metrics["test"] = evaluate(spec, state.prompt, frozen, splits["test"], eval_batch_size, logits_fn)
+    # The decision threshold chosen on validation at the final epoch (0.5 = argmax without one).
+    threshold = (history[-1].get("validation") or {}).get("threshold", 0.5) if history else 0.5
+    metrics["test"] = evaluate(spec, state.prompt, frozen, splits["test"], eval_batch_size,
+                               logits_fn, threshold=threshold)
   if primary:
     files.write_json(metrics_path, metrics)
   return TrainResult(prompt=np.asarray(state.prompt), metrics=metrics, seconds=time.time() - started,
