@@ -95,3 +95,19 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray,
                accuracy_at_threshold=float(np.mean(at_threshold == labels)),
                f1_at_threshold=f1_for_class(at_threshold, labels, 1))
   return out
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+  """Area under the precision-recall curve as average precision: sum over distinct score
+  thresholds, from the highest, of (recall gained) x (precision there); tied scores enter
+  together. NaN without positives."""
+  scores = np.asarray(scores, np.float64)
+  positive = np.asarray(positive, bool)
+  num_pos = int(positive.sum())
+  if num_pos == 0:
+    return float("nan")
+  _, inverse = np.unique(-scores, return_inverse=True)  # distinct scores, descending
+  tp = np.cumsum(np.bincount(inverse, weights=positive))
+  predicted = np.cumsum(np.bincount(inverse))
+  recall_gain = np.diff(np.concatenate([[0.0], tp])) / num_pos
+  return float(np.sum(recall_gain * tp / predicted))
