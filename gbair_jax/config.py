@@ -110,5 +110,6 @@ def import_configurables() -> None:
   import tasks  # noqa: F401  (SeqIO task registrations)
   from gbair_jax.data import dataset  # noqa: F401
   from gbair_jax.models import bert, classifier, llama, partitioning, prompt, t5  # noqa: F401
-  from gbair_jax.recovery import benchmark, loop, strategies  # noqa: F401
+  from gbair_jax.recovery import benchmark, gradient_vote, loop, strategies  # noqa: F401
+  from gbair_jax.recovery import training_dynamics  # noqa: F401
   from gbair_jax.train import experiment, optimizer, trainer  # noqa: F401

@@ -122,7 +122,7 @@ def test_unknown_strategy_and_action_fail_before_work(experiment, tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["tracin_opponents", "self_influence", "confident_learning",
-                                      "aum", "oracle", "class_vote"])
+                                      "aum", "oracle", "class_vote", "class_vote_knn"])
 def test_other_strategies_run_one_round(experiment, tmp_path, strategy):
   report = loop.run(str(tmp_path / strategy), num_rounds=1, strategy=strategy, action="remove",
                     references=(), experiment=experiment, progress=False)
@@ -208,6 +208,9 @@ def test_class_vote_by_hand():
   # Labelled 1, looks like 0: suspect (+1.0); labelled 1, looks like 1: not (-1.0).
   np.testing.assert_allclose(vote_scores(votes, np.array([1, 1])), [1.0, -1.0])
   np.testing.assert_allclose(vote_scores(votes, np.array([0, 0])), [-1.0, 1.0])
+  # k nearest voters per class: class 0's best is 0.9, class 1's is 0.0 (row 0).
+  np.testing.assert_allclose(class_votes(kernel, query_labels, 2, neighbours=1),
+                             [[0.9, 0.0], [-0.3, 0.8]])
   # A class without voters: no suspects.
   lonely = class_votes(kernel, np.zeros(5, int), 2)
   assert np.isneginf(vote_scores(lonely, np.array([0, 1]))).all()
