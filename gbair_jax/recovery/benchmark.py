@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import io
 import itertools
-import json
-import os
 
 import gin
 import numpy as np
@@ -31,7 +30,8 @@ from gbair_jax.recovery import compare as compare_lib
 from gbair_jax.recovery import loop
 from gbair_jax.recovery.strategies import get_strategy
 from gbair_jax.report import writer
-from gbair_jax.train.experiment import build_experiment, claim_output_dir
+from gbair_jax.runtime import files
+from gbair_jax.train.experiment import build_experiment, check_output_dir_free, claim_output_dir
 from gbair_jax.train.metrics import average_precision, binary_auc
 
 # Per-run metrics, in the order benchmark.md shows them: (key, label, what it is).
@@ -134,9 +134,9 @@ def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
       "final_not_below_round0": bool(test.get("auc", 0.0) >= start["test"].get("auc", 0.0)),
       "detection_auroc": None, "detection_auprc": None,
   }
-  scores_path = os.path.join(run_dir, "round_0", loop.SCORES_FILE)
-  if os.path.exists(scores_path):
-    saved = np.load(scores_path)
+  scores_path = files.join(run_dir, "round_0", loop.SCORES_FILE)
+  if files.exists(scores_path):
+    saved = np.load(io.BytesIO(files.read_bytes(scores_path)))
     corrupted = dict(zip(train_source["example_id"].tolist(), train_source["is_corrupted"].tolist()))
     positive = np.array([corrupted[int(i)] for i in saved["example_id"]], bool)
     scores = np.nan_to_num(saved["score"], neginf=np.finfo(np.float64).min)
@@ -200,50 +200,57 @@ def benchmark(output_dir: str, strategies: list[str] = gin.REQUIRED,
     raise UserError(f"benchmark.strategies {strategies}: give at least one, each once")
   for strategy in strategies:
     get_strategy(strategy)  # unknown names fail before any training
-  claim_output_dir(output_dir, gin.config_str() + f"\n# seeds: {','.join(map(str, seeds))}\n"
-                   f"# strategies: {','.join(strategies)}\n")
-  primary = distributed.is_primary()
+  check_output_dir_free(output_dir)
+  # The suite's config as given (before the per-seed bindings below): what a rerun matches.
+  config_text = (gin.config_str() + f"\n# seeds: {','.join(map(str, seeds))}\n"
+                 f"# strategies: {','.join(strategies)}\n")
+  _bind_seed(seeds[0], vary_train_seed)
+  experiment = build_experiment()  # the data and settings checked before output_dir is touched
+  with claim_output_dir(output_dir, config_text):
+    runs = _run_seeds(output_dir, strategies, seeds, vary_train_seed, experiment)
+    summary = files.finite_json({
+        "suite": name or files.basename(output_dir.rstrip("/")),
+        "task": experiment.data.task,
+        "command": command,
+        "default_strategy": default_strategy(),
+        "seeds": seeds,
+        "development_seeds": [s for s in seeds if s < 100],
+        "strategies_run": strategies,
+        "paired_metric": PAIRED_METRIC,
+        "metrics": {k: what for k, _, what in METRICS},
+        **aggregate(runs, strategies, seeds, num_resamples, bootstrap_seed),
+        "runs": {str(s): runs[s] for s in seeds},
+    })
+    if distributed.is_primary():
+      from gbair_jax.report import benchmark_writer  # pylint: disable=g-import-not-at-top
+      files.write_json(files.join(output_dir, "benchmark.json"), summary)
+      markdown = benchmark_writer.write(output_dir, summary)
+      print(markdown)
+      print(f"benchmark: {files.join(output_dir, 'benchmark.md')}")
+  return summary
+
+
+def _bind_seed(seed: int, vary_train_seed: bool) -> None:
+  with gin.unlock_config():
+    gin.bind_parameter("corrupt_labels.seed", seed)
+    if vary_train_seed:
+      gin.bind_parameter("train_prompt.seed", seed)
+
+
+def _run_seeds(output_dir: str, strategies: list[str], seeds: list[int],
+               vary_train_seed: bool, experiment) -> dict:
+  """One `compare` per corruption seed; runs[seed][strategy] = run_metrics(...).
+  `experiment` is the first seed's (already bound); later seeds reload the data only."""
   runs: dict[int, dict[str, dict]] = {}
-  experiment = None
-  task = None
-  for seed in seeds:
-    with gin.unlock_config():
-      gin.bind_parameter("corrupt_labels.seed", seed)
-      if vary_train_seed:
-        gin.bind_parameter("train_prompt.seed", seed)
-    if experiment is None:
-      experiment = build_experiment()
-    else:  # same model and weights; only the corrupted labels change
+  for i, seed in enumerate(seeds):
+    if i:  # same model and weights; only the corrupted labels (and training seed) change
+      _bind_seed(seed, vary_train_seed)
       experiment = dataclasses.replace(experiment, data=load_data())
-    task = experiment.data.task
-    if primary:
+    if distributed.is_primary():
       print(f"benchmark: corruption seed {seed} ({len(strategies)} strategies)", flush=True)
-    seed_dir = os.path.join(output_dir, f"seed_{seed}")
+    seed_dir = files.join(output_dir, f"seed_{seed}")
     results = compare_lib.compare(seed_dir, strategies, experiment=experiment, progress=False)
     train_source = experiment.data.splits["train"]
-    runs[seed] = {name: run_metrics(report, os.path.join(seed_dir, name), train_source)
+    runs[seed] = {name: run_metrics(report, files.join(seed_dir, name), train_source)
                   for name, report in results.items()}
-  summary = {
-      "suite": name or os.path.basename(os.path.normpath(output_dir)),
-      "task": task,
-      "command": command,
-      "default_strategy": default_strategy(),
-      "seeds": seeds,
-      "development_seeds": [s for s in seeds if s < 100],
-      "strategies_run": strategies,
-      "paired_metric": PAIRED_METRIC,
-      "metrics": {k: what for k, _, what in METRICS},
-      **aggregate(runs, strategies, seeds, num_resamples, bootstrap_seed),
-      "runs": {str(s): runs[s] for s in seeds},
-  }
-  if primary:
-    from gbair_jax.report import benchmark_writer  # pylint: disable=g-import-not-at-top
-    path = os.path.join(output_dir, "benchmark.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(summary, f, indent=2)
-    os.replace(tmp, path)
-    markdown = benchmark_writer.write(output_dir, summary)
-    print(markdown)
-    print(f"benchmark: {os.path.join(output_dir, 'benchmark.md')}")
-  return summary
+  return runs

@@ -10,7 +10,6 @@ like any round after a kill.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from gbair_jax.data.noise_reference import stratified_folds
 from gbair_jax.errors import UserError
 from gbair_jax.recovery.context import RoundContext
+from gbair_jax.runtime import files
 from gbair_jax.train.metrics import softmax
 from gbair_jax.train.trainer import predict_logits, train_prompt
 
@@ -37,11 +37,11 @@ def out_of_fold_probabilities(ctx: RoundContext, num_folds: int, binding: str) -
                            salt="recovery/out_of_fold")
   probs = np.zeros((num, len(ctx.spec.label_names)))
   with tempfile.TemporaryDirectory(prefix="gbair_oof_") as scratch:
-    root = os.path.join(ctx.round_dir, "out_of_fold") if ctx.round_dir else scratch
+    root = files.join(ctx.round_dir, "out_of_fold") if ctx.round_dir else scratch
     for k in range(num_folds):
       held = folds == k
       fit = {name: values[~held] for name, values in train.items()}
-      result = train_prompt(ctx.spec, ctx.frozen, {"train": fit}, os.path.join(root, f"fold_{k}"),
+      result = train_prompt(ctx.spec, ctx.frozen, {"train": fit}, files.join(root, f"fold_{k}"),
                             progress=ctx.progress, tensorboard=False)
       held_rows = {name: values[held] for name, values in train.items()}
       probs[held] = softmax(predict_logits(ctx.spec, result.prompt, ctx.frozen, held_rows))

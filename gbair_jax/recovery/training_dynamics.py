@@ -27,11 +27,12 @@ def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def epoch_margins(ctx: RoundContext) -> np.ndarray:
   """[E, N] margins of the training examples at their current labels, one row per epoch.
 
-  Computed here from the epoch-end checkpoints (one forward pass over the training set per
-  epoch). The switch point for in-run training dynamics: once the trainer records each
-  example's margin while it trains (issue 11's per-epoch dynamics on the RoundContext),
-  return those here instead and every margin-based strategy gets them for free.
+  With `tracin.source = "in_run"` the trainer recorded each example's margin as its batch
+  was trained on (`ctx.dynamics`, AUM's own definition); otherwise they are computed here
+  from the epoch-end checkpoints (one forward pass over the training set per epoch).
   """
+  if ctx.dynamics is not None:
+    return np.asarray(ctx.dynamics.margin, np.float64)
   labels = ctx.train["label"]
   return np.stack([margins(predict_logits(ctx.spec, prompt, ctx.frozen, ctx.train), labels)
                    for prompt, _ in ctx.checkpoints])

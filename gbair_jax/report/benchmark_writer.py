@@ -1,9 +1,8 @@
 """benchmark.md and benchmark.png from benchmark.json's content (recovery/benchmark.py)."""
 from __future__ import annotations
 
-import os
-
 from gbair_jax.report import writer
+from gbair_jax.runtime import files
 
 # Metrics that are counts (shown without decimals) or shares of runs (no std).
 _COUNTS = ("wrong_labels_remaining",)
@@ -110,11 +109,7 @@ def plot(path: str, summary: dict) -> str:
 
 def write(output_dir: str, summary: dict) -> str:
   """Writes benchmark.md and benchmark.png; returns the markdown."""
-  plot(os.path.join(output_dir, "benchmark.png"), summary)
+  plot(files.join(output_dir, "benchmark.png"), summary)
   markdown = format_markdown(summary)
-  path = os.path.join(output_dir, "benchmark.md")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(markdown)
-  os.replace(tmp, path)
+  files.write_text(files.join(output_dir, "benchmark.md"), markdown)
   return markdown
