@@ -102,8 +102,10 @@ def _parser() -> argparse.ArgumentParser:
 
   bench = commands.add_parser("benchmark", help="every strategy of a suite over corruption seeds")
   gin_flags(bench)
-  from gbair_jax.commands import benchmark as benchmark_command
-  benchmark_command.add_arguments(bench)
+  bench.add_argument("--seeds", default=None,
+                     help="comma-separated corruption seeds; replaces benchmark.seeds")
+  bench.add_argument("--quick", action="store_true",
+                     help="add gin/benchmarks/quick.gin: minutes, development seeds")
   return parser
 
 

@@ -8,17 +8,9 @@ files (a small, fast variant on development seeds: a smoke test, not results), b
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 
 from gbair_jax.errors import UserError
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--seeds", default=None,
-                      help="comma-separated corruption seeds; replaces benchmark.seeds")
-  parser.add_argument("--quick", action="store_true",
-                      help="add gin/benchmarks/quick.gin: minutes, development seeds")
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
