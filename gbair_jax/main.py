@@ -6,6 +6,7 @@
   gbair run       --gin_file=gin/runs/quickstart.gin --output_dir=runs/quickstart [--review]
   gbair review    --output_dir=runs/quickstart [--round=R] [--port=8765] [--score]
   gbair compare   --gin_file=gin/runs/quickstart.gin --strategies=tracin_opponents,loss,random
+  gbair benchmark --gin_file=gin/benchmarks/insults_uniform.gin --output_dir=runs/bench [--quick]
 Bad input prints one line (`gbair: error: ...`) and exits 2.
 """
 from __future__ import annotations
@@ -119,12 +120,23 @@ def _parser() -> argparse.ArgumentParser:
   compare = commands.add_parser("compare", help="run several strategies on one config")
   gin_flags(compare)
   compare.add_argument("--strategies", default="tracin_opponents,loss,self_influence,random")
+
+  bench = commands.add_parser("benchmark", help="every strategy of a suite over corruption seeds")
+  gin_flags(bench)
+  bench.add_argument("--seeds", default=None,
+                     help="comma-separated corruption seeds; replaces benchmark.seeds")
+  bench.add_argument("--quick", action="store_true",
+                     help="add gin/benchmarks/quick.gin: minutes, development seeds")
   return parser
 
 
 def _setup_gin(args, extra_bindings) -> None:
   from gbair_jax import config
-  config.parse_gin(args.gin_file, [*args.gin_bindings, *extra_bindings],
+  gin_files = args.gin_file
+  if args.command == "benchmark":
+    from gbair_jax.commands import benchmark as benchmark_command
+    gin_files = benchmark_command.gin_files(args)
+  config.parse_gin(gin_files, [*args.gin_bindings, *extra_bindings],
                    [p for p in args.gin_search_paths.split(",") if p])
 
 
@@ -180,6 +192,9 @@ def main(argv: list[str]) -> int:
   elif args.command == "compare":
     from gbair_jax.recovery import compare
     compare.compare(args.output_dir, [s for s in args.strategies.split(",") if s])
+  elif args.command == "benchmark":
+    from gbair_jax.commands import benchmark as benchmark_command
+    benchmark_command.run(args, argv)
   return 0
 
 

@@ -33,7 +33,8 @@ def test_describe_dict():
   d = describe.describe(_data())
   assert list(d) == ["task", "rows_read", "splits"] and d["task"] == "toy"
   train = d["splits"]["train"]
-  assert set(train) == {"num_examples", "label_counts", "num_corrupted", "samples"}
+  assert set(train) == {"num_examples", "label_counts", "num_corrupted", "flips", "samples"}
+  assert train["flips"] == {"yes -> no": 2}  # rows 0 and 3: clean "yes", now "no"
   assert train["num_examples"] == 5
   assert train["label_counts"] == {"no": 2, "yes": 3}
   assert train["num_corrupted"] == 2
@@ -42,7 +43,7 @@ def test_describe_dict():
   assert len(train["samples"]) == 3
   assert d["splits"]["validation"]["samples"][1]["label"] == "no"
   assert d["splits"]["test"] == {"num_examples": 0, "label_counts": {"no": 0, "yes": 0},
-                                 "num_corrupted": 0, "samples": []}
+                                 "num_corrupted": 0, "flips": {}, "samples": []}
   json.dumps(d)  # JSON-ready: plain ints, strs and bools
 
 

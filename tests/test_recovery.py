@@ -88,7 +88,8 @@ def test_loss_rounds_write_ledger_and_report(experiment, tmp_path):
   for key in ("round", "selected", "precision", "recall_cumulative", "corrupted_remaining",
               "validation", "test", "seconds"):
     assert key in row
-  assert set(row["test"]) == {"accuracy", "f1", "auc"}
+  assert set(row["test"]) == {"accuracy", "f1", "auc", "threshold", "accuracy_at_threshold",
+                              "f1_at_threshold"}
   assert set(on_disk["references"]) == {"clean", "no_recovery"}
   assert on_disk["references"]["no_recovery"]["test"] == row["test"]
   # Precision and recall agree with the ledger and the corruption mask.
@@ -129,7 +130,8 @@ def test_unknown_strategy_and_action_fail_before_work(experiment, tmp_path):
   assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
 
 
-@pytest.mark.parametrize("strategy", ["tracin_opponents", "self_influence", "confident_learning"])
+@pytest.mark.parametrize("strategy", ["tracin_opponents", "self_influence", "confident_learning",
+                                      "aum", "oracle", "class_vote", "class_vote_knn"])
 def test_other_strategies_run_one_round(experiment, tmp_path, strategy):
   report = loop.run(str(tmp_path / strategy), num_rounds=1, strategy=strategy, action="remove",
                     references=(), experiment=experiment, progress=False)
@@ -171,3 +173,69 @@ def test_every_tracin_aggregation_selects(experiment, tmp_path, aggregation, que
   report = loop.run(str(tmp_path / aggregation), num_rounds=1, references=(),
                     experiment=experiment, progress=False)
   assert report["strategy"] == "tracin_opponents" and report["rounds"][0]["selected"] > 0
+
+
+def test_oracle_selects_only_wrong_labels(experiment, tmp_path):
+  report = loop.run(str(tmp_path / "oracle"), num_rounds=1, strategy="oracle", references=(),
+                    experiment=experiment, progress=False)
+  assert report["rounds"][0]["selected"] == 6 and report["rounds"][0]["precision"] == 1.0
+  assert report["rounds"][1]["corrupted_remaining"] == 16 - 6
+  scores = np.load(os.path.join(tmp_path, "oracle", "round_0", "scores.npz"))
+  train = experiment.data.splits["train"]
+  np.testing.assert_array_equal(scores["example_id"], train["example_id"])
+  np.testing.assert_array_equal(np.isfinite(scores["score"]), train["is_corrupted"])
+
+
+def test_aum_margins_by_hand():
+  from gbair_jax.recovery.training_dynamics import area_under_margin, margins
+  logits = np.array([[2.0, 0.5, 1.0], [0.0, 3.0, -1.0]])
+  np.testing.assert_allclose(margins(logits, np.array([0, 0])), [1.0, -3.0])
+  per_epoch = np.array([[1.0, -3.0], [3.0, 1.0]])
+  np.testing.assert_allclose(area_under_margin(per_epoch), [2.0, -1.0])
+
+
+def test_confident_learning_out_of_fold_trains_k_prompts(experiment, tmp_path):
+  gin.bind_parameter("confident_learning_strategy.num_folds", 3)
+  out = str(tmp_path / "cl")
+  report = loop.run(out, num_rounds=1, strategy="confident_learning", references=(),
+                    experiment=experiment, progress=False)
+  folds = sorted(os.listdir(os.path.join(out, "round_0", "out_of_fold")))
+  assert folds == ["fold_0", "fold_1", "fold_2"]
+  assert 0 <= report["rounds"][0]["selected"] <= 6
+  from gbair_jax.recovery.out_of_fold import out_of_fold_probabilities
+  with pytest.raises(UserError, match="num_folds = 1: must be an integer >= 2"):
+    out_of_fold_probabilities(None, 1, "confident_learning_strategy.num_folds")
+
+
+def test_class_vote_by_hand():
+  from gbair_jax.recovery.gradient_vote import class_votes, vote_scores
+  kernel = np.array([[0.9, 0.7, -0.2, 0.0, -0.4],    # like class 0's voters
+                     [-0.5, -0.3, 0.6, 0.8, 0.4]])   # like class 1's voters
+  query_labels = np.array([0, 0, 1, 1, 1])
+  votes = class_votes(kernel, query_labels, 2)
+  np.testing.assert_allclose(votes, [[0.8, -0.2], [-0.4, 0.6]])
+  # Labelled 1, looks like 0: suspect (+1.0); labelled 1, looks like 1: not (-1.0).
+  np.testing.assert_allclose(vote_scores(votes, np.array([1, 1])), [1.0, -1.0])
+  np.testing.assert_allclose(vote_scores(votes, np.array([0, 0])), [-1.0, 1.0])
+  # k nearest voters per class: class 0's best is 0.9, class 1's is 0.0 (row 0).
+  np.testing.assert_allclose(class_votes(kernel, query_labels, 2, neighbours=1),
+                             [[0.9, 0.0], [-0.3, 0.8]])
+  # A class without voters: no suspects.
+  lonely = class_votes(kernel, np.zeros(5, int), 2)
+  assert np.isneginf(vote_scores(lonely, np.array([0, 1]))).all()
+
+
+def test_margin_loss_gradient_is_the_label_free_loss_difference(experiment):
+  import jax
+  from gbair_jax.influence.per_example_grads import per_example_grads
+  from gbair_jax.recovery.gradient_vote import MarginLoss
+  tokens = experiment.tokenize(experiment.data.splits["train"])
+  batch = {k: tokens[k][:4] for k in ("tokens", "mask")}
+  batch["valid"] = np.ones(4, bool)
+  prompt = experiment.spec.initial_prompt(jax.random.PRNGKey(0), experiment.frozen)
+  spec = experiment.spec
+  as_label = lambda y: per_example_grads(spec.example_losses, prompt, experiment.frozen,
+                                         {**batch, "label": np.full(4, y, np.int32)})
+  margin = per_example_grads(MarginLoss(spec), prompt, experiment.frozen, batch)
+  np.testing.assert_allclose(np.asarray(margin), np.asarray(as_label(0) - as_label(1)),
+                             rtol=1e-4, atol=1e-6)

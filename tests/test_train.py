@@ -64,8 +64,9 @@ def test_checkpoint_per_epoch_with_learning_rates(setup, tmp_path):
   np.testing.assert_array_equal(tracin[-1][0], result.prompt)
   metrics = json.load(open(tmp_path / "round_0" / "metrics.json"))
   assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
-  assert set(metrics["test"]) == {"accuracy", "f1", "auc"}
-  assert set(metrics["epochs"][0]["validation"]) == {"accuracy", "f1", "auc"}
+  keys = {"accuracy", "f1", "auc", "threshold", "accuracy_at_threshold", "f1_at_threshold"}
+  assert set(metrics["test"]) == keys
+  assert set(metrics["epochs"][0]["validation"]) == keys
 
 
 def test_deterministic_and_resume_equals_uninterrupted(setup, tmp_path):
@@ -96,6 +97,49 @@ def test_metrics_against_hand_computed_values():
   assert m["auc"] == pytest.approx(0.5)
   assert binary_auc(np.array([0.1, 0.2, 0.3]), np.array([0, 1, 1])) == 1.0
   assert binary_auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+
+
+def _logits_for(p1):
+  """Binary logits whose softmax gives p(class 1) = p1."""
+  p1 = np.asarray(p1, np.float64)
+  return np.stack([np.zeros_like(p1), np.log(p1 / (1 - p1))], axis=1)
+
+
+def test_threshold_chosen_on_validation_by_hand():
+  from gbair_jax.train.metrics import best_f1_threshold
+  scores = np.array([0.9, 0.8, 0.6, 0.4, 0.3, 0.1])
+  labels = np.array([1, 0, 1, 1, 0, 0])
+  # Top-k cuts: F1 = 2tp / (k + 3) = 2/4, 2/5, 4/6, 6/7, 6/8, 6/9: the best is k = 4,
+  # between 0.4 and 0.3.
+  assert best_f1_threshold(scores, labels == 1) == pytest.approx(0.35)
+  assert best_f1_threshold(scores[::-1], labels[::-1] == 1) == pytest.approx(0.35)
+  # Ties in score form one cut; all positive is best here -> the lowest score.
+  assert best_f1_threshold(np.array([0.2, 0.2, 0.1]), np.array([True, True, True])) == 0.1
+  assert best_f1_threshold(np.array([0.2, 0.7]), np.array([False, False])) == 0.5
+  validation = classification_metrics(_logits_for(scores), labels)
+  assert validation["threshold"] == pytest.approx(0.35)
+  assert validation["f1_at_threshold"] == pytest.approx(6 / 7)
+  assert validation["accuracy_at_threshold"] == pytest.approx(5 / 6)
+  assert validation["f1"] == pytest.approx(4 / 6)  # argmax (0.5): top 3, tp 2
+  # Test at validation's threshold: p = [.45 (1), .36 (0), .2 (1), .7 (0)] -> predicted
+  # 1, 1, 0, 1: tp 1, fp 2, fn 1 -> F1 2/5; accuracy 1/4. Argmax: only .7 -> F1 0, acc 1/4.
+  test = classification_metrics(_logits_for([0.45, 0.36, 0.2, 0.7]), np.array([1, 0, 1, 0]),
+                                threshold=validation["threshold"])
+  assert test["threshold"] == pytest.approx(0.35)
+  assert test["f1_at_threshold"] == pytest.approx(0.4)
+  assert test["accuracy_at_threshold"] == pytest.approx(0.25)
+  assert test["f1"] == 0.0 and test["accuracy"] == 0.25
+  # More than two classes: argmax only.
+  three = classification_metrics(np.eye(3), np.array([0, 1, 2]))
+  assert set(three) == {"accuracy", "f1", "auc"}
+
+
+def test_test_metrics_use_the_validation_threshold(setup, tmp_path):
+  result = _train(setup, tmp_path / "t", num_epochs=2)
+  threshold = result.metrics["epochs"][-1]["validation"]["threshold"]
+  assert result.metrics["test"]["threshold"] == threshold
+  for key in ("accuracy_at_threshold", "f1_at_threshold"):
+    assert 0.0 <= result.metrics["test"][key] <= 1.0
 
 
 def test_length_sorted_trimmed_batches_keep_every_token():

@@ -1,1 +1,1 @@
-"""Command bodies of `gbair` subcommands that need more than a line in main.py."""
+"""One module per `gbair` subcommand body (docs/ARCHITECTURE.md); main.py parses and dispatches."""

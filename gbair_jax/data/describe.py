@@ -16,7 +16,7 @@ _SAMPLE_CHARS = 100
 
 
 def describe(data: LabeledData) -> dict[str, Any]:
-  """{"task", "splits": {split: {num_examples, label_counts, num_corrupted, samples}}}.
+  """{"task", "splits": {split: {num_examples, label_counts, num_corrupted, flips, samples}}}.
 
   Label counts use the current labels, keyed by label name; samples are the first three
   rows of each split (the source order, so the same in every run).
@@ -40,6 +40,7 @@ def describe(data: LabeledData) -> dict[str, Any]:
         "label_counts": {label_name: int(count)
                          for label_name, count in zip(data.label_names, counts)},
         "num_corrupted": int(np.count_nonzero(columns["is_corrupted"])),
+        "flips": flips(columns, data.label_names),
         "samples": samples,
     }
   return {"task": data.task, "rows_read": dict(data.rows_read), "splits": splits}
@@ -48,6 +49,18 @@ def describe(data: LabeledData) -> dict[str, Any]:
 def format_rows_read(rows_read: dict[str, int]) -> list[str]:
   """One line per data file: how many rows it gave (fewer than expected = a parsing trap)."""
   return [f"read {rows} rows from {path}" for path, rows in rows_read.items()]
+
+
+def flips(columns: dict[str, np.ndarray], label_names) -> dict[str, int]:
+  """Wrong labels per (clean class, current class): {"insult -> not insult": n, ...},
+  only the pairs that occur, in class order."""
+  wrong = columns["label"] != columns["original_label"]
+  if not wrong.any():
+    return {}
+  pairs = np.stack([columns["original_label"][wrong], columns["label"][wrong]], 1)
+  unique, counts = np.unique(pairs, axis=0, return_counts=True)
+  return {f"{label_names[int(clean)]} -> {label_names[int(new)]}": int(count)
+          for (clean, new), count in zip(unique, counts)}
 
 
 def _clip(text: str) -> str:
@@ -72,6 +85,10 @@ def format_description(description: dict[str, Any]) -> str:
   out = [f"task: {description['task']}", *format_rows_read(description.get("rows_read", {})),
          line(header), line(["-" * w for w in widths])]
   out += [line(row) for row in rows]
+  for name, info in splits.items():
+    if info.get("flips"):
+      out.append(f"{name} flips (clean -> current label): " + ", ".join(
+          f"{pair} {count}" for pair, count in info["flips"].items()))
   for name, info in splits.items():
     if info.get("samples"):
       out.append("")

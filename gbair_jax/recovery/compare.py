@@ -15,25 +15,33 @@ from gbair_jax.report import plots, writer
 from gbair_jax.runtime import files
 from gbair_jax.runtime import process as distributed
 from gbair_jax.train import checkpoints
-from gbair_jax.train.experiment import (build_experiment, check_output_dir_free,
+from gbair_jax.train.experiment import (Experiment, build_experiment, check_output_dir_free,
                                         claim_output_dir)
 
 
-def compare(output_dir: str, strategies: list[str]) -> dict[str, dict]:
+def compare(output_dir: str, strategies: list[str], experiment: Experiment | None = None,
+            progress: bool = True) -> dict[str, dict]:
+  """Runs every strategy (round 0 and the clean reference shared); returns {name: report}.
+
+  `experiment`: the data and model to use (the benchmark passes one per corruption seed);
+  built from gin when None. `progress=False` prints no table.
+  """
   if not strategies:
     raise UserError("--strategies: give at least one strategy")
   for name in strategies:
     get_strategy(name)  # unknown names fail before any training
   check_output_dir_free(output_dir)
   checkpoints.checkpoint_dir(files.join(output_dir, strategies[0], "round_0"))
-  experiment = build_experiment()  # data and settings checked before output_dir is touched
+  # Data and settings checked before output_dir is touched.
+  experiment = experiment or build_experiment()
   actions.selection_size(len(experiment.data.splits["train"]["label"]))
   config_text = gin.config_str() + f"\n# strategies: {','.join(strategies)}\n"
   with claim_output_dir(output_dir, config_text, experiment.data):
-    return _compare(output_dir, strategies, experiment)
+    return _compare(output_dir, strategies, experiment, progress)
 
 
-def _compare(output_dir: str, strategies: list[str], experiment) -> dict[str, dict]:
+def _compare(output_dir: str, strategies: list[str], experiment,
+             progress: bool = True) -> dict[str, dict]:
   results = {}
   first_dir = None
   for i, name in enumerate(strategies):
@@ -53,16 +61,18 @@ def _compare(output_dir: str, strategies: list[str], experiment) -> dict[str, di
     changed = sum(r["selected"] for r in report["rounds"])
     hits = sum(round(r["selected"] * r["precision"]) for r in report["rounds"]
                if r.get("precision") is not None)
-    if clean:
-      report = {**report, "references": {**report["references"], "clean": clean}}
+    if clean:  # trained once with the first strategy: every report shows it
+      report = results[name] = {**report, "references": {**report["references"], "clean": clean}}
     share = writer.recovered_share(report)
+    f1_at_t = final["test"].get("f1_at_threshold")
     rows.append([name, str(changed), f"{hits / changed:.3f}" if changed else "-",
                  str(final.get("corrupted_remaining")), f"{start['test']['auc']:.3f}",
                  f"{final['test']['auc']:.3f}", f"{final['test']['accuracy']:.3f}",
-                 f"{final['test']['f1']:.3f}", "-" if share is None else f"{share:.2f}"])
+                 f"{final['test']['f1']:.3f}", "-" if f1_at_t is None else f"{f1_at_t:.3f}",
+                 "-" if share is None else f"{share:.2f}"])
   header = ("strategy", "changed", "precision", "corrupted left", "round-0 auc", "final auc",
-            "final acc", "final f1", "recovered share of lost auc")
-  table = writer.markdown_table(header, rows)
+            "final acc", "final f1", "final f1@t", "recovered share of lost auc")
+  table = writer.markdown_table(header, rows) + "\n\n" + writer.THRESHOLD_NOTE
   if clean:
     table += (f"\n\nclean reference: test auc {clean['test']['auc']:.3f}, accuracy "
               f"{clean['test']['accuracy']:.3f}, f1 {clean['test']['f1']:.3f}")
@@ -71,8 +81,9 @@ def _compare(output_dir: str, strategies: list[str], experiment) -> dict[str, di
     files.write_text(files.join(output_dir, "comparison.md"),
                      f"# Strategy comparison\n\n{table}\n\n"
                      f"![test AUC by round]({files.basename(plot)})\n")
-    print(table)
-    print(f"comparison: {files.join(output_dir, 'comparison.md')}")
+    if progress:
+      print(table)
+      print(f"comparison: {files.join(output_dir, 'comparison.md')}")
   return results
 
 

@@ -31,6 +31,7 @@ class RoundContext:
   # and the per-epoch training dynamics, [epochs, N] arrays in training-set order.
   in_run: InRunResult | None = None
   dynamics: TrainingDynamics | None = None
+  round_dir: str | None = None                   # where a strategy may keep its own runs
 
   @property
   def misclassified(self) -> Arrays:

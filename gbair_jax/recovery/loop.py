@@ -12,6 +12,7 @@ the command goes on from there (gbair_jax/review/).
 """
 from __future__ import annotations
 
+import io
 import re
 import sys
 import time
@@ -47,6 +48,17 @@ _ROUND_DIR = re.compile(r"round_(\d+)")
 def _print_rows_read(exp: Experiment) -> None:
   for line in describe_lib.format_rows_read(exp.data.rows_read):
     print(line, flush=True)
+
+
+SCORES_FILE = "scores.npz"
+
+
+def save_scores(path: str, example_ids: np.ndarray, scores: np.ndarray) -> None:
+  """One round's strategy scores for every training example (written whole)."""
+  buffer = io.BytesIO()
+  np.savez(buffer, example_id=np.asarray(example_ids, np.int64),
+           score=np.asarray(scores, np.float64))
+  files.write_bytes(path, buffer.getvalue())
 
 
 def train_only(output_dir: str) -> dict:
@@ -245,8 +257,11 @@ def _rounds(output_dir: str, exp: Experiment, splits: dict, num_rounds: int, str
                                         mesh=exp.mesh),
             validation_logits=validation_logits, seed=r, progress=progress, mesh=exp.mesh,
             in_run=result.in_run,
-            dynamics=result.in_run.dynamics if result.in_run is not None else None)
+            dynamics=result.in_run.dynamics if result.in_run is not None else None,
+            round_dir=round_dir)
         scores = strategy_fn(ctx)
+        if primary:  # every example's score: the benchmark's detection AUROC / AUPRC
+          save_scores(files.join(round_dir, SCORES_FILE), train["example_id"], scores)
         changed = np.isin(train["example_id"], [e.example_id for e in entries])
         selected = actions.select_suspects(scores, selection_count, exclude=changed)
         new_entries = actions.act(action, selected, train, ctx.train_logits, scores, r, strategy)

@@ -28,7 +28,10 @@ def register(name: str):
 
 def get_strategy(name: str) -> Strategy:
   # Registered on import; tracin strategies need the influence engine.
-  from gbair_jax.recovery import tracin_strategies  # noqa: F401  pylint: disable=unused-import
+  # pylint: disable=unused-import,g-import-not-at-top
+  from gbair_jax.recovery import tracin_strategies  # noqa: F401
+  from gbair_jax.recovery import training_dynamics  # noqa: F401
+  from gbair_jax.recovery import gradient_vote  # noqa: F401
   if name not in STRATEGIES:
     raise UserError(f"recovery strategy '{name}' is unknown (expected one of: "
                     f"{', '.join(sorted(STRATEGIES))})")
@@ -46,6 +49,15 @@ def loss_strategy(ctx: RoundContext) -> np.ndarray:
   return current_label_losses(ctx)
 
 
+@register("oracle")
+def oracle_strategy(ctx: RoundContext) -> np.ndarray:
+  """The upper bound: every training label that is wrong now (it differs from the clean
+  label kept in `original_label`), most implausible first; right labels are no suspects.
+  Uses the ground truth: a reference, never a method."""
+  wrong = ctx.train["label"] != ctx.train["original_label"]
+  return np.where(wrong, current_label_losses(ctx), -np.inf)
+
+
 @register("random")
 def random_strategy(ctx: RoundContext) -> np.ndarray:
   """Uniform random order, seeded: the floor any strategy must beat."""
@@ -54,14 +66,22 @@ def random_strategy(ctx: RoundContext) -> np.ndarray:
 
 @register("confident_learning")
 @gin.configurable(denylist=["ctx"])
-def confident_learning_strategy(ctx: RoundContext, filter_by: str = "prune_by_noise_rate") -> np.ndarray:
-  """cleanlab's `find_label_issues` on the model's predicted probabilities.
+def confident_learning_strategy(ctx: RoundContext, filter_by: str = "prune_by_noise_rate",
+                                num_folds: int = 5) -> np.ndarray:
+  """cleanlab's `find_label_issues` on out-of-fold predicted probabilities.
 
-  Only flagged examples are suspects, ranked by self-confidence. The probabilities are
-  in-sample (the model saw these labels), which makes cleanlab conservative.
+  Only flagged examples are suspects, ranked by self-confidence. `num_folds` = K >= 2
+  trains K prompts, each without one stratified fold (recovery/out_of_fold.py), as
+  cleanlab asks; `num_folds = 1` uses the round's own model (in-sample: it saw these
+  labels, which makes cleanlab conservative, and costs no training).
   """
   from cleanlab.filter import find_label_issues  # heavy import, only when used
-  probs = softmax(ctx.train_logits)
+  if num_folds == 1:
+    probs = softmax(ctx.train_logits)
+  else:
+    from gbair_jax.recovery import out_of_fold  # pylint: disable=g-import-not-at-top
+    probs = out_of_fold.out_of_fold_probabilities(
+        ctx, num_folds, "confident_learning_strategy.num_folds")
   # n_jobs=1: cleanlab forks worker processes otherwise, which can deadlock under JAX.
   ranked = find_label_issues(ctx.train["label"], probs, filter_by=filter_by, n_jobs=1,
                              return_indices_ranked_by="self_confidence")

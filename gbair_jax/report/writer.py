@@ -34,14 +34,20 @@ def write_suspects(path: str, entries, train: dict, label_names) -> None:
 
 
 ROUND_COLUMNS = ("round", "selected", "precision", "recall_cumulative", "corrupted_remaining",
-                 "val acc", "test acc", "test f1", "test auc", "train s", "score s")
+                 "val acc", "test acc", "test f1", "test acc@t", "test f1@t", "test auc",
+                 "train s", "score s")
+# What "@t" means, for every table that shows it.
+THRESHOLD_NOTE = ("test acc / test f1: at the argmax; @t: at the decision threshold on "
+                  "p(class 1) that maximised F1 on validation (binary tasks; `threshold` in "
+                  "report.json; '-' for more classes).")
 
 
 def _round_cells(r: dict) -> list[str]:
   return [str(r["round"]), str(r["selected"]), _fmt(r.get("precision")),
           _fmt(r.get("recall_cumulative")), str(r.get("corrupted_remaining", "-")),
           _fmt(r["validation"].get("accuracy")), _fmt(r["test"].get("accuracy")),
-          _fmt(r["test"].get("f1")), _fmt(r["test"].get("auc")),
+          _fmt(r["test"].get("f1")), _fmt(r["test"].get("accuracy_at_threshold")),
+          _fmt(r["test"].get("f1_at_threshold")), _fmt(r["test"].get("auc")),
           _fmt(r["seconds"]["train"], 0), _fmt(r["seconds"]["score"], 0)]
 
 
@@ -59,9 +65,11 @@ def format_table(report: dict) -> str:
   """The per-round table, then the references, as markdown (also readable on a console)."""
   table = markdown_table(ROUND_COLUMNS, [_round_cells(r) for r in report["rounds"]])
   refs = [[name, _fmt(ref["test"].get("accuracy")), _fmt(ref["test"].get("f1")),
+           _fmt(ref["test"].get("accuracy_at_threshold")), _fmt(ref["test"].get("f1_at_threshold")),
            _fmt(ref["test"].get("auc"))] for name, ref in report.get("references", {}).items()]
   if refs:
-    table += "\n\n" + markdown_table(("reference", "test acc", "test f1", "test auc"), refs)
+    table += "\n\n" + markdown_table(("reference", "test acc", "test f1", "test acc@t",
+                                       "test f1@t", "test auc"), refs)
   return table
 
 
@@ -92,7 +100,7 @@ def write_report(output_dir: str, report: dict, label_names) -> None:
         f"Strategy `{report['strategy']}`, action `{report['action']}`; "
         f"{report['num_train']} training examples, {report['num_corrupted']} corrupted; "
         f"labels: {', '.join(label_names)}.", "",
-        format_table(report), "",
+        format_table(report), "", THRESHOLD_NOTE, "",
         f"Labels changed over all rounds: {changed}, of which truly corrupted: {true_changes}"
         + (f" ({true_changes / changed:.0%})." if changed else "."),
         f"Share of the test AUC lost to corruption that the final round recovered: "

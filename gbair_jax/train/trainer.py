@@ -133,10 +133,11 @@ def predict_logits(spec: ClassifierSpec, prompt, frozen: Params, arrays: Arrays,
 
 
 def evaluate(spec, prompt, frozen, arrays: Arrays, batch_size: int = 64, logits_fn=None,
-             mesh: Mesh | None = None) -> dict:
-  """accuracy / F1 / AUC of the split's own labels (validation and test are never corrupted)."""
+             mesh: Mesh | None = None, threshold: float | None = None) -> dict:
+  """accuracy / F1 / AUC of the split's own labels (validation and test are never corrupted);
+  binary tasks also at a decision threshold (metrics.classification_metrics)."""
   logits = predict_logits(spec, prompt, frozen, arrays, batch_size, logits_fn, mesh)
-  return classification_metrics(logits, arrays["label"])
+  return classification_metrics(logits, arrays["label"], threshold)
 
 
 @dataclasses.dataclass
@@ -270,8 +271,10 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
 
   metrics = {"epochs": history}
   if "test" in splits:
+    # The decision threshold chosen on validation at the final epoch (0.5 = argmax without one).
+    threshold = (history[-1].get("validation") or {}).get("threshold", 0.5) if history else 0.5
     metrics["test"] = evaluate(spec, state.prompt, frozen, splits["test"], eval_batch_size,
-                               logits_fn, mesh)
+                               logits_fn, mesh, threshold=threshold)
   metrics.update(mesh_lib.describe(mesh))
   if primary:
     files.write_json(metrics_path, metrics)

@@ -1,0 +1,256 @@
+"""`gbair benchmark`: every strategy of a suite on the same corrupted sets, over seeds.
+
+For each corruption seed s, the suite's gin config runs with `corrupt_labels.seed = s`
+(and `train_prompt.seed = s`, so training noise varies too) as one `gbair compare` in
+`<output_dir>/seed_<s>/`: round 0 and the clean reference are trained once per seed and
+shared by every strategy, and the strategies' rounds start from the same model on the same
+labels. That pairs the runs: differences between strategies are taken seed by seed, and
+their 95% interval comes from a paired bootstrap over seeds. Every run resumes like
+`gbair run`, so a killed benchmark continues where it stopped.
+
+`benchmark.json` holds per strategy {"mean", "std", "values"} of each metric in METRICS
+(values in seed order; std with ddof 1), and per strategy `paired.<name>.vs_<baseline>` =
+{"mean_diff", "ci95": [low, high], "n"} of the final test AUC; report/benchmark_writer.py
+writes benchmark.md and benchmark.png from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import io
+import itertools
+
+import gin
+import numpy as np
+
+from gbair_jax.data.dataset import load_data
+from gbair_jax.errors import UserError
+from gbair_jax.runtime import process as distributed
+from gbair_jax.recovery import compare as compare_lib
+from gbair_jax.recovery import loop
+from gbair_jax.recovery.strategies import get_strategy
+from gbair_jax.report import writer
+from gbair_jax.runtime import files
+from gbair_jax.train.experiment import build_experiment, check_output_dir_free, claim_output_dir
+from gbair_jax.train.metrics import average_precision, binary_auc
+
+# Per-run metrics, in the order benchmark.md shows them: (key, label, what it is).
+METRICS = (
+    ("final_test_auc", "final test AUC", "test ROC AUC after the last round"),
+    ("final_test_accuracy", "final test acc", "test accuracy at the argmax"),
+    ("final_test_f1_at_threshold", "final test F1@t",
+     "test F1 at the threshold chosen on validation (binary tasks; argmax F1 otherwise)"),
+    ("final_test_f1", "final test F1", "test F1 at the argmax"),
+    ("recovered_share", "recovered share",
+     "(final - round 0) / (clean - round 0) test AUC: the share of the AUC lost to noise won back"),
+    ("precision", "precision", "share of the changed labels that were corrupted"),
+    ("recall", "recall", "share of the corrupted labels that were changed"),
+    ("wrong_labels_remaining", "wrong labels left",
+     "training labels differing from the clean ones after the last round"),
+    ("detection_auroc", "detection AUROC",
+     "ROC AUC of the round-0 scores against the corruption mask (how well the ranking "
+     "separates flipped from clean labels before any change)"),
+    ("detection_auprc", "detection AUPRC", "average precision of the same ranking"),
+    ("validation_never_fell", "val never fell",
+     "share of runs whose validation AUC never fell from one round to the next"),
+    ("final_not_below_round0", "final >= round 0",
+     "share of runs whose final test AUC is not below round 0's"),
+)
+PAIRED_METRIC = "final_test_auc"
+BASELINES = ("loss", "confident_learning")
+QUICK_GIN = "gin/benchmarks/quick.gin"
+
+
+def default_strategy() -> str:
+  """The strategy `gbair run` uses under the current gin config."""
+  try:
+    return gin.query_parameter("run.strategy")
+  except ValueError:
+    return inspect.signature(loop.run).parameters["strategy"].default
+
+
+def _mean_std(values: list) -> dict:
+  finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+  if not finite:
+    return {"mean": None, "std": None, "values": values}
+  std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+  return {"mean": float(np.mean(finite)), "std": std, "values": values}
+
+
+def paired_bootstrap(values: list, baseline: list, num_resamples: int = 10000,
+                     seed: int = 0) -> dict:
+  """Mean of the per-seed differences values - baseline and its 95% percentile interval.
+
+  Resamples seeds with replacement, keeping pairs together. With n^n <= num_resamples
+  possible resamples (n <= 5 seeds at the default), all of them are enumerated (the exact
+  bootstrap distribution, no randomness); otherwise `num_resamples` draws from
+  `np.random.default_rng(seed)`. The interval runs from the 2.5% to the 97.5% quantile of
+  the resampled means, each the smallest mean whose cumulative share reaches it (numpy's
+  "inverted_cdf": a value the bootstrap can produce, never an interpolation). Seeds where
+  either value is None are left out.
+  """
+  pairs = [(a, b) for a, b in zip(values, baseline) if a is not None and b is not None]
+  if not pairs:
+    return {"mean_diff": None, "ci95": [None, None], "n": 0}
+  diffs = np.array([a - b for a, b in pairs], np.float64)
+  n = len(diffs)
+  if n ** n <= num_resamples:
+    index = np.array(list(itertools.product(range(n), repeat=n)))
+  else:
+    index = np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
+  means = diffs[index].mean(axis=1)
+  low, high = np.percentile(means, [2.5, 97.5], method="inverted_cdf")
+  return {"mean_diff": float(diffs.mean()), "ci95": [float(low), float(high)], "n": n}
+
+
+def _finite_or_none(value):
+  return None if value is None or not np.isfinite(value) else float(value)
+
+
+def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
+  """The per-run numbers the benchmark aggregates, from one strategy's report."""
+  rounds = report["rounds"]
+  start, final = rounds[0], rounds[-1]
+  changed = sum(r["selected"] for r in rounds)
+  hits = sum(round(r["selected"] * r["precision"]) for r in rounds
+             if r.get("precision") is not None)
+  validation_auc = [r["validation"].get("auc") for r in rounds]
+  test = final["test"]
+  out = {
+      "final_test_auc": test.get("auc"),
+      "final_test_accuracy": test.get("accuracy"),
+      "final_test_f1": test.get("f1"),
+      "final_test_f1_at_threshold": test.get("f1_at_threshold", test.get("f1")),
+      "final_test_accuracy_at_threshold": test.get("accuracy_at_threshold", test.get("accuracy")),
+      "round0_test_auc": start["test"].get("auc"),
+      "clean_test_auc": report.get("references", {}).get("clean", {}).get("test", {}).get("auc"),
+      "recovered_share": writer.recovered_share(report),
+      "changed": changed,
+      "precision": hits / changed if changed else None,
+      "recall": final.get("recall_cumulative"),
+      "wrong_labels_remaining": final.get("wrong_labels"),
+      "corrupted_remaining": final.get("corrupted_remaining"),
+      "validation_never_fell": bool(all(b >= a for a, b in zip(validation_auc, validation_auc[1:]))),
+      "final_not_below_round0": bool(test.get("auc", 0.0) >= start["test"].get("auc", 0.0)),
+      "detection_auroc": None, "detection_auprc": None,
+  }
+  scores_path = files.join(run_dir, "round_0", loop.SCORES_FILE)
+  if files.exists(scores_path):
+    saved = np.load(io.BytesIO(files.read_bytes(scores_path)))
+    corrupted = dict(zip(train_source["example_id"].tolist(), train_source["is_corrupted"].tolist()))
+    positive = np.array([corrupted[int(i)] for i in saved["example_id"]], bool)
+    scores = np.nan_to_num(saved["score"], neginf=np.finfo(np.float64).min)
+    out["detection_auroc"] = _finite_or_none(binary_auc(scores, positive))
+    out["detection_auprc"] = _finite_or_none(average_precision(scores, positive))
+  return out
+
+
+def aggregate(runs: dict, strategies: list[str], seeds: list[int], num_resamples: int = 10000,
+              bootstrap_seed: int = 0) -> dict:
+  """{"strategies": {name: {metric: mean/std/values}}, "paired": ..., "references": ...}
+  from runs[seed][strategy] = run_metrics(...)."""
+  keys = [k for k, _, _ in METRICS] + ["final_test_accuracy_at_threshold", "changed",
+                                       "corrupted_remaining"]
+  out = {"strategies": {}, "paired": {}, "references": {}}
+  for name in strategies:
+    out["strategies"][name] = {
+        k: _mean_std([_as_number(runs[s][name].get(k)) for s in seeds]) for k in keys}
+  first = strategies[0]
+  for ref in ("round0_test_auc", "clean_test_auc"):
+    out["references"][ref] = _mean_std([runs[s][first].get(ref) for s in seeds])
+  for name in strategies:
+    values = out["strategies"][name][PAIRED_METRIC]["values"]
+    paired = {"metric": PAIRED_METRIC}
+    for base in BASELINES:
+      paired[f"vs_{base}"] = (paired_bootstrap(
+          values, out["strategies"][base][PAIRED_METRIC]["values"], num_resamples,
+          bootstrap_seed) if base in out["strategies"] else None)
+    out["paired"][name] = paired
+  return out
+
+
+def _as_number(value):
+  if isinstance(value, bool):
+    return float(value)
+  return value
+
+
+@gin.configurable(denylist=["output_dir", "seeds_override", "command"])
+def benchmark(output_dir: str, strategies: list[str] = gin.REQUIRED,
+              seeds: tuple[int, ...] = gin.REQUIRED, seeds_override: list[int] | None = None,
+              vary_train_seed: bool = True, num_resamples: int = 10000, bootstrap_seed: int = 0,
+              name: str | None = None, command: str | None = None) -> dict:
+  """Runs the suite; writes benchmark.json, benchmark.md and benchmark.png; returns the JSON.
+
+  Args:
+    output_dir: the benchmark's directory (refused if it holds a different config).
+    strategies: gin `benchmark.strategies`, the strategies to run on every seed.
+    seeds: gin `benchmark.seeds`, corruption seeds (>= 100: for reporting; tune on others).
+    seeds_override: `--seeds`, replaces `seeds`.
+    vary_train_seed: also set `train_prompt.seed` to the corruption seed.
+    num_resamples, bootstrap_seed: the paired bootstrap's draws (see paired_bootstrap).
+    name: the suite's name in the report (default: the output directory's name).
+    command: the command line, recorded in the report.
+  """
+  seeds = [int(s) for s in (seeds_override or seeds)]
+  strategies = list(strategies)
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise UserError(f"benchmark seeds {seeds}: give at least one, each once")
+  if not strategies or len(set(strategies)) != len(strategies):
+    raise UserError(f"benchmark.strategies {strategies}: give at least one, each once")
+  for strategy in strategies:
+    get_strategy(strategy)  # unknown names fail before any training
+  check_output_dir_free(output_dir)
+  # The suite's config as given (before the per-seed bindings below): what a rerun matches.
+  config_text = (gin.config_str() + f"\n# seeds: {','.join(map(str, seeds))}\n"
+                 f"# strategies: {','.join(strategies)}\n")
+  _bind_seed(seeds[0], vary_train_seed)
+  experiment = build_experiment()  # the data and settings checked before output_dir is touched
+  with claim_output_dir(output_dir, config_text):
+    runs = _run_seeds(output_dir, strategies, seeds, vary_train_seed, experiment)
+    summary = files.finite_json({
+        "suite": name or files.basename(output_dir.rstrip("/")),
+        "task": experiment.data.task,
+        "command": command,
+        "default_strategy": default_strategy(),
+        "seeds": seeds,
+        "development_seeds": [s for s in seeds if s < 100],
+        "strategies_run": strategies,
+        "paired_metric": PAIRED_METRIC,
+        "metrics": {k: what for k, _, what in METRICS},
+        **aggregate(runs, strategies, seeds, num_resamples, bootstrap_seed),
+        "runs": {str(s): runs[s] for s in seeds},
+    })
+    if distributed.is_primary():
+      from gbair_jax.report import benchmark_writer  # pylint: disable=g-import-not-at-top
+      files.write_json(files.join(output_dir, "benchmark.json"), summary)
+      markdown = benchmark_writer.write(output_dir, summary)
+      print(markdown)
+      print(f"benchmark: {files.join(output_dir, 'benchmark.md')}")
+  return summary
+
+
+def _bind_seed(seed: int, vary_train_seed: bool) -> None:
+  with gin.unlock_config():
+    gin.bind_parameter("corrupt_labels.seed", seed)
+    if vary_train_seed:
+      gin.bind_parameter("train_prompt.seed", seed)
+
+
+def _run_seeds(output_dir: str, strategies: list[str], seeds: list[int],
+               vary_train_seed: bool, experiment) -> dict:
+  """One `compare` per corruption seed; runs[seed][strategy] = run_metrics(...).
+  `experiment` is the first seed's (already bound); later seeds reload the data only."""
+  runs: dict[int, dict[str, dict]] = {}
+  for i, seed in enumerate(seeds):
+    if i:  # same model and weights; only the corrupted labels (and training seed) change
+      _bind_seed(seed, vary_train_seed)
+      experiment = dataclasses.replace(experiment, data=load_data())
+    if distributed.is_primary():
+      print(f"benchmark: corruption seed {seed} ({len(strategies)} strategies)", flush=True)
+    seed_dir = files.join(output_dir, f"seed_{seed}")
+    results = compare_lib.compare(seed_dir, strategies, experiment=experiment, progress=False)
+    train_source = experiment.data.splits["train"]
+    runs[seed] = {name: run_metrics(report, files.join(seed_dir, name), train_source)
+                  for name, report in results.items()}
+  return runs

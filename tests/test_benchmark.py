@@ -1,0 +1,195 @@
+"""`gbair benchmark`: the paired bootstrap and detection metrics by hand, and a tiny suite
+(tiny random BERT, 2 seeds, 2 strategies) end to end: schema, arithmetic, resume."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gbair_jax.recovery import benchmark
+from gbair_jax.train.metrics import average_precision
+from tests.helpers import synthetic_split
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_paired_bootstrap_by_hand():
+  # Two seeds: the resampled means are d1 (1/4), (d1 + d2) / 2 (1/2), d2 (1/4), so the
+  # 2.5th and 97.5th percentiles are the two differences themselves.
+  out = benchmark.paired_bootstrap([0.80, 0.70], [0.78, 0.64])
+  assert out["n"] == 2
+  assert out["mean_diff"] == pytest.approx(0.04)
+  assert out["ci95"] == pytest.approx([0.02, 0.06])
+  # Three seeds, differences (0, 0, 0.3): 27 equally likely resamples whose means are
+  # 0.1 x (times the third seed is drawn): 8 x 0, 12 x 0.1, 6 x 0.2, 1 x 0.3. Cumulative
+  # shares 8/27 >= 2.5% at 0; 26/27 = 96.3% < 97.5% at 0.2, so the upper end is 0.3.
+  out = benchmark.paired_bootstrap([1.0, 2.0, 3.3], [1.0, 2.0, 3.0])
+  assert out["mean_diff"] == pytest.approx(0.1)
+  assert out["ci95"] == pytest.approx([0.0, 0.3])
+  # Four seeds, differences 0.1, 0.2, 0.3, 0.4: 256 resamples; in units of 0.1 the sum of
+  # four draws is 4 (1 way), 5 (4 ways), 6 (4 + 6 ways): shares 1/256, 5/256 = 2.0% <
+  # 2.5%, 15/256 = 5.9%, so the low end is a sum of 6 (mean 0.15); by symmetry the high
+  # end is a sum of 14 (mean 0.35).
+  out = benchmark.paired_bootstrap([0.6, 0.7, 0.8, 0.9], [0.5, 0.5, 0.5, 0.5])
+  assert out["mean_diff"] == pytest.approx(0.25)
+  assert out["ci95"] == pytest.approx([0.15, 0.35])
+  # Missing values drop their pair; nothing left -> None.
+  assert benchmark.paired_bootstrap([None, 0.5], [0.4, 0.3])["n"] == 1
+  assert benchmark.paired_bootstrap([None], [0.1]) == {"mean_diff": None, "ci95": [None, None], "n": 0}
+  # Many seeds: Monte Carlo, seeded, close to the normal interval.
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(0.1, 1.0, 40), np.zeros(40)
+  mc = benchmark.paired_bootstrap(list(a), list(b), num_resamples=20000)
+  assert mc == benchmark.paired_bootstrap(list(a), list(b), num_resamples=20000)
+  half = 1.96 * a.std(ddof=0) / np.sqrt(40)
+  assert mc["ci95"][0] == pytest.approx(a.mean() - half, abs=0.05)
+  assert mc["ci95"][1] == pytest.approx(a.mean() + half, abs=0.05)
+
+
+def test_average_precision_by_hand():
+  # Ranking (best first): +, -, +, -: precision at the positives 1 and 2/3 -> AP 5/6.
+  assert average_precision(np.array([4.0, 3.0, 2.0, 1.0]),
+                           np.array([1, 0, 1, 0])) == pytest.approx(5 / 6)
+  # A tie between a positive and a negative at the top enters as one step: P = 1/2.
+  assert average_precision(np.array([1.0, 1.0, 0.0]), np.array([1, 0, 0])) == pytest.approx(0.5)
+  assert np.isnan(average_precision(np.array([1.0]), np.array([0])))
+
+
+def test_mean_std_skips_missing_values():
+  assert benchmark._mean_std([1.0, None, 3.0]) == {"mean": 2.0, "std": pytest.approx(np.sqrt(2)),
+                                                   "values": [1.0, None, 3.0]}
+  assert benchmark._mean_std([None])["mean"] is None
+
+
+@pytest.fixture(scope="module")
+def tiny_suite(tmp_path_factory):
+  root = tmp_path_factory.mktemp("bench")
+  split = synthetic_split(120, 0)
+  with open(root / "data.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["text", "label"])
+    for text, label in zip(split["text"], split["label"]):
+      writer.writerow([text, ["negative", "positive"][label]])
+  gin_file = root / "tiny_suite.gin"
+  gin_file.write_text(f"""
+include 'gin/models/tiny_bert.gin'
+include 'gin/data/user_csv.gin'
+import gbair_jax.recovery.loop
+import gbair_jax.recovery.benchmark
+USER_TRAIN_FILE = '{root / "data.csv"}'
+USER_LABEL_NAMES = ('negative', 'positive')
+CORRUPTION_RATE = 0.25
+build_classifier.prompt_length = 4
+build_experiment.sequence_length = 12
+train_prompt.num_epochs = 2
+train_prompt.batch_size = 16
+train_prompt.tensorboard = False
+selection_size.select_count = 5
+run.num_rounds = 1
+run.progress = False
+confident_learning_strategy.num_folds = 2
+benchmark.strategies = ['loss', 'confident_learning']
+benchmark.seeds = (7, 8, 9)
+""")
+  return str(gin_file)
+
+
+def test_tiny_suite_end_to_end(tiny_suite, tmp_path):
+  from gbair_jax import config as config_lib
+  config_lib.parse_gin([tiny_suite])
+  out = str(tmp_path / "bench")
+  summary = benchmark.benchmark(out, seeds_override=[1, 2], command="gbair benchmark ...")
+  on_disk = json.load(open(os.path.join(out, "benchmark.json")))
+  assert on_disk == json.loads(json.dumps(summary))
+  assert on_disk["seeds"] == [1, 2] and on_disk["development_seeds"] == [1, 2]
+  assert on_disk["default_strategy"] == "tracin_opponents"  # run.strategy's default
+  assert set(on_disk["strategies"]) == {"loss", "confident_learning"}
+  for name in ("loss", "confident_learning"):
+    for key in ("final_test_auc", "recovered_share", "precision", "recall", "detection_auroc",
+                "detection_auprc", "wrong_labels_remaining", "final_test_f1_at_threshold",
+                "validation_never_fell"):
+      stat = on_disk["strategies"][name][key]
+      assert set(stat) == {"mean", "std", "values"} and len(stat["values"]) == 2
+    auc = on_disk["strategies"][name]["final_test_auc"]
+    assert auc["mean"] == pytest.approx(np.mean(auc["values"]))
+    assert auc["std"] == pytest.approx(np.std(auc["values"], ddof=1))
+    for base in ("loss", "confident_learning"):
+      assert set(on_disk["paired"][name][f"vs_{base}"]) == {"mean_diff", "ci95", "n"}
+  # The bootstrap arithmetic, by hand from the file's own values (two seeds: the interval
+  # is the two per-seed differences).
+  gbair = on_disk["strategies"]["confident_learning"]["final_test_auc"]["values"]
+  loss = on_disk["strategies"]["loss"]["final_test_auc"]["values"]
+  diffs = [g - l for g, l in zip(gbair, loss)]
+  paired = on_disk["paired"]["confident_learning"]["vs_loss"]
+  assert paired["mean_diff"] == pytest.approx(np.mean(diffs))
+  assert paired["ci95"] == pytest.approx([min(diffs), max(diffs)])
+  assert on_disk["paired"]["loss"]["vs_loss"] == {"mean_diff": 0.0, "ci95": [0.0, 0.0], "n": 2}
+  # Paired: round 0 and the clean reference are shared within a seed, differ across seeds.
+  runs = on_disk["runs"]
+  for seed in ("1", "2"):
+    assert runs[seed]["loss"]["round0_test_auc"] == runs[seed]["confident_learning"]["round0_test_auc"]
+    assert runs[seed]["loss"]["clean_test_auc"] == runs[seed]["confident_learning"]["clean_test_auc"]
+  corrupted = [json.load(open(os.path.join(out, f"seed_{s}", "loss", "report.json")))
+               for s in (1, 2)]
+  ids = [set(json.loads(l)["example_id"] for l in open(os.path.join(
+      out, f"seed_{s}", "loss", "round_0", "suspects.jsonl"))) for s in (1, 2)]
+  assert ids[0] != ids[1] and corrupted[0]["num_corrupted"] == corrupted[1]["num_corrupted"]
+  markdown = open(os.path.join(out, "benchmark.md")).read()
+  assert "| loss |" in markdown and "vs confident_learning" in markdown
+  assert "development seeds" in markdown and "@t" in markdown
+  assert os.path.getsize(os.path.join(out, "benchmark.png")) > 0
+  # Resume: a rerun reuses every finished run (no checkpoint is rewritten) and gives the
+  # same numbers; another seed list in the same directory is refused.
+  marker = os.path.join(out, "seed_2", "loss", "round_1", "round.json")
+  before = os.path.getmtime(marker)
+  from gbair_jax import config as config_lib2
+  config_lib2.parse_gin([tiny_suite])
+  again = benchmark.benchmark(out, seeds_override=[1, 2], command="gbair benchmark ...")
+  assert os.path.getmtime(marker) == before
+  assert json.loads(json.dumps(again))["runs"] == runs
+  from gbair_jax.errors import UserError
+  config_lib2.parse_gin([tiny_suite])
+  with pytest.raises(UserError, match="different gin config"):
+    benchmark.benchmark(out, seeds_override=[1, 3])
+
+
+def _gbair(*args):
+  return subprocess.run([sys.executable, "-m", "gbair_jax.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds=1,x"], "--seeds='1,x': expected comma-separated integers"),
+    (["--gin.benchmark.strategies=['nope']"], "recovery strategy 'nope' is unknown"),
+])
+def test_bad_benchmark_flags_fail_with_one_line(tiny_suite, tmp_path, flags, message):
+  out = tmp_path / "never"
+  proc = _gbair("benchmark", f"--gin_file={tiny_suite}", f"--output_dir={out}", *flags)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith("gbair: error: ")
+  assert message in proc.stderr
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("suite", sorted(f for f in os.listdir(os.path.join(REPO, "gin", "benchmarks"))
+                                         if f.endswith(".gin") and f not in ("quick.gin", "common.gin")))
+def test_every_suite_parses_with_and_without_quick(suite):
+  import gin
+  from gbair_jax import config as config_lib
+  path = os.path.join("gin", "benchmarks", suite)
+  header = open(os.path.join(REPO, path)).read()
+  assert f"gbair benchmark --gin_file={path}" in header  # the docstring holds the command
+  for files in ([path], [path, benchmark.QUICK_GIN]):
+    config_lib.parse_gin(files)
+    seeds = gin.query_parameter("benchmark.seeds")
+    assert len(seeds) >= (1 if len(files) == 2 else 5)
+    if len(files) == 2:
+      assert all(s < 100 for s in seeds), "--quick runs on development seeds only"
+    else:
+      assert all(s >= 100 for s in seeds), "suites report on seeds >= 100"
+    assert "loss" in gin.query_parameter("benchmark.strategies")
+    gin.clear_config()
