@@ -151,7 +151,7 @@ def test_recovery_round_scores_from_the_training_run(setup, tmp_path, monkeypatc
   from gbair_jax.data.dataset import LabeledData
   from gbair_jax.data.ledger import read_ledger
   from gbair_jax.influence import tracin
-  from gbair_jax.recovery import loop, strategies, tracin_strategies
+  from gbair_jax.recovery import loop, registry, tracin_strategies
   from gbair_jax.train.experiment import Experiment
   spec, frozen, _ = setup
   data = LabeledData(task="synthetic", label_names=LABELS, splits={
@@ -173,7 +173,7 @@ def test_recovery_round_scores_from_the_training_run(setup, tmp_path, monkeypatc
     seen["ctx"] = ctx
     return tracin_opponents(ctx, **kw)
 
-  monkeypatch.setitem(strategies.STRATEGIES, "tracin_opponents", spy)
+  monkeypatch.setitem(registry.STRATEGIES, "tracin_opponents", spy)
   out = str(tmp_path / "run")
   report = loop.run(out, num_rounds=1, strategy="tracin_opponents", references=(),
                     experiment=exp, progress=False)

@@ -28,7 +28,7 @@ from gbair_jax.errors import UserError
 from gbair_jax.runtime import process as distributed
 from gbair_jax.recovery import compare as compare_lib
 from gbair_jax.recovery import loop
-from gbair_jax.recovery.strategies import get_strategy
+from gbair_jax.recovery.registry import get_strategy
 from gbair_jax.report import writer
 from gbair_jax.runtime import files
 from gbair_jax.train.experiment import build_experiment, check_output_dir_free, claim_output_dir

@@ -9,7 +9,7 @@ import gin
 
 from gbair_jax.errors import UserError
 from gbair_jax.recovery import loop
-from gbair_jax.recovery.strategies import get_strategy
+from gbair_jax.recovery.registry import get_strategy
 from gbair_jax.recovery import actions
 from gbair_jax.report import plots, writer
 from gbair_jax.runtime import files

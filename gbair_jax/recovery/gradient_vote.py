@@ -35,7 +35,7 @@ from gbair_jax.errors import UserError
 from gbair_jax.influence import tracin
 from gbair_jax.models.classifier import ClassifierSpec
 from gbair_jax.recovery.context import RoundContext
-from gbair_jax.recovery.strategies import register
+from gbair_jax.recovery.registry import register
 from gbair_jax.recovery.tracin_strategies import _batches, _in_train_order
 
 

@@ -27,7 +27,7 @@ from gbair_jax.errors import UserError
 from gbair_jax.recovery import actions
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery import tracin_strategies  # noqa: F401  (registers G-BAIR strategies)
-from gbair_jax.recovery.strategies import get_strategy
+from gbair_jax.recovery.registry import get_strategy
 from gbair_jax.report import writer as report_writer
 from gbair_jax.review import decisions as review_decisions
 from gbair_jax.review import proposals as review_proposals

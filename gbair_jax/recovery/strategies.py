@@ -1,41 +1,15 @@
-"""Selection strategies behind one interface: `strategy(ctx) -> scores [N]`.
-
-Higher score = more likely mislabeled; -inf means "not a suspect". All strategies see the
-same `RoundContext`, so `gbair compare` puts them on equal terms. G-BAIR's own strategy,
-`tracin_opponents`, lives in tracin_strategies.py.
+"""The baseline selection strategies (loss, oracle, random, confident learning), registered
+in registry.py. G-BAIR's own, `tracin_opponents`, lives in tracin_strategies.py.
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import gin
 import numpy as np
 
 from gbair_jax.errors import UserError
 from gbair_jax.recovery.context import RoundContext
+from gbair_jax.recovery.registry import register
 from gbair_jax.train.metrics import softmax
-
-Strategy = Callable[[RoundContext], np.ndarray]
-STRATEGIES: dict[str, Strategy] = {}
-
-
-def register(name: str):
-  def wrap(fn):
-    STRATEGIES[name] = fn
-    return fn
-  return wrap
-
-
-def get_strategy(name: str) -> Strategy:
-  # Registered on import; tracin strategies need the influence engine.
-  # pylint: disable=unused-import,g-import-not-at-top
-  from gbair_jax.recovery import tracin_strategies  # noqa: F401
-  from gbair_jax.recovery import training_dynamics  # noqa: F401
-  from gbair_jax.recovery import gradient_vote  # noqa: F401
-  if name not in STRATEGIES:
-    raise UserError(f"recovery strategy '{name}' is unknown (expected one of: "
-                    f"{', '.join(sorted(STRATEGIES))})")
-  return STRATEGIES[name]
 
 
 def current_label_losses(ctx: RoundContext) -> np.ndarray:

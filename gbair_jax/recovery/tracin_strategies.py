@@ -33,7 +33,8 @@ from gbair_jax.errors import UserError
 from gbair_jax.influence import tracin
 from gbair_jax.influence.projection import RandomProjection
 from gbair_jax.recovery.context import RoundContext
-from gbair_jax.recovery.strategies import current_label_losses, register
+from gbair_jax.recovery.registry import register
+from gbair_jax.recovery.strategies import current_label_losses
 from gbair_jax.train import batches as batches_lib
 from gbair_jax.train import in_run as in_run_lib
 

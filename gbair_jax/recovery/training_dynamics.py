@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from gbair_jax.recovery.context import RoundContext
-from gbair_jax.recovery.strategies import register
+from gbair_jax.recovery.registry import register
 from gbair_jax.train.trainer import predict_logits
 
 
