@@ -178,8 +178,8 @@ def main(argv: list[str]) -> int:
     print(files.dumps_json(summary, indent=None) if args.json
           else describe.format_description(summary))
   elif args.command == "train":
-    from gbair_jax.recovery import loop
-    loop.train_only(args.output_dir)
+    from gbair_jax.commands import train as train_command
+    train_command.run(args.output_dir)
   elif args.command == "run":
     from gbair_jax.recovery import loop
     result = loop.run(args.output_dir, review=args.review,

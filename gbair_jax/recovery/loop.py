@@ -45,11 +45,6 @@ REFERENCES = ("clean", "no_recovery")
 _ROUND_DIR = re.compile(r"round_(\d+)")
 
 
-def _print_rows_read(exp: Experiment) -> None:
-  for line in describe_lib.format_rows_read(exp.data.rows_read):
-    print(line, flush=True)
-
-
 SCORES_FILE = "scores.npz"
 
 
@@ -59,25 +54,6 @@ def save_scores(path: str, example_ids: np.ndarray, scores: np.ndarray) -> None:
   np.savez(buffer, example_id=np.asarray(example_ids, np.int64),
            score=np.asarray(scores, np.float64))
   files.write_bytes(path, buffer.getvalue())
-
-
-def train_only(output_dir: str) -> dict:
-  """`gbair train`: round 0 only, no scoring; returns round_0/metrics.json's content."""
-  round_dir = files.join(output_dir, "round_0")
-  check_output_dir_free(output_dir)  # refused at once, not after loading the data
-  checkpoints.checkpoint_dir(round_dir)  # a filesystem Orbax cannot write: refused first
-  exp = build_experiment()  # loads and checks the data before anything is written
-  splits = exp.tokenized_splits()
-  primary = distributed.is_primary()
-  if primary:
-    _print_rows_read(exp)
-  with claim_output_dir(output_dir, gin.config_str(), exp.data):
-    result = train_prompt(exp.spec, exp.frozen, splits, round_dir, progress=primary,
-                          mesh=exp.mesh)
-  if primary:
-    print(f"test: {files.dumps_json(result.metrics.get('test', {}), indent=None)}")
-    print(f"metrics: {files.join(round_dir, 'metrics.json')}")
-  return result.metrics
 
 
 def label_quality(train_source: dict, entries: list, through_round: int) -> dict:
@@ -152,7 +128,8 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
   train_source = splits["train"]
   selection_count = actions.selection_size(len(train_source["label"]))
   if progress:
-    _print_rows_read(exp)
+    for line in describe_lib.format_rows_read(exp.data.rows_read):
+      print(line, flush=True)
   config_text = gin.config_str() + f"\n# strategy: {strategy}\n"
   with claim_output_dir(output_dir, config_text, exp.data):
     rounds = _rounds(output_dir, exp, splits, num_rounds, strategy, strategy_fn, action,
