@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
 
 import gin
 import jax
