@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Any
 
 import gin
 import jax
