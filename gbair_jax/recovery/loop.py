@@ -26,7 +26,11 @@ from gbair_jax.data.ledger import apply_ledger, read_ledger
 from gbair_jax.errors import UserError
 from gbair_jax.recovery import actions
 from gbair_jax.recovery.context import RoundContext
-from gbair_jax.recovery import tracin_strategies  # noqa: F401  (registers G-BAIR strategies)
+# The built-in strategies register themselves (and their gin configurables) on import.
+from gbair_jax.recovery import gradient_vote  # noqa: F401  pylint: disable=unused-import
+from gbair_jax.recovery import strategies  # noqa: F401  pylint: disable=unused-import
+from gbair_jax.recovery import tracin_strategies
+from gbair_jax.recovery import training_dynamics  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery.registry import get_strategy
 from gbair_jax.report import writer as report_writer
 from gbair_jax.review import decisions as review_decisions
