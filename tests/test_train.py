@@ -173,3 +173,13 @@ def test_predict_logits_with_trimmed_padding_equals_full_width(setup):
   assert len({int(m) for m in split["mask"].sum(1)}) > 5  # lengths really differ
   np.testing.assert_allclose(trimmed, full, rtol=1e-5, atol=1e-5)
 
+
+
+def test_batches_know_their_count_for_progress_bars():
+  # The TracIn and training bars show "k/K batches" because a pass's batches are sized.
+  arrays = {"label": np.arange(10), "tokens": np.ones((10, 4), np.int32),
+            "mask": np.ones((10, 4), np.int32), "example_id": np.arange(10)}
+  passes = batches.iterate_batches(arrays, 4)
+  assert len(passes) == batches.num_batches(10, 4) == 3
+  assert [int(b["valid"].sum()) for b in passes] == [4, 4, 2]
+  assert len(list(passes)) == 3  # re-iterable: a second pass gives the same batches
