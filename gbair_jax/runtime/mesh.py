@@ -153,10 +153,9 @@ def on_mesh(tree: Any, mesh: Mesh) -> Any:
   partitioned) stay as they are, anything else is replicated. Cheap to call again."""
 
   def one(x):
-    if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding):
-      if x.sharding.mesh == mesh or (x.sharding.mesh.shape == mesh.shape and np.array_equal(
-          x.sharding.mesh.device_ids, mesh.device_ids)):
-        return x
+    if (isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding)
+        and x.sharding.mesh == mesh):
+      return x
     return _put_one(x, replicated(mesh))
 
   return jax.tree.map(one, tree)
