@@ -59,9 +59,11 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
               search_paths: Sequence[str] = ()) -> None:
   """Parses gin files then bindings; unknown files/bindings raise UserError.
 
-  Nothing is imported up front: gin files import the modules whose configurables they
-  bind (T5X style), so a command loads only the stages and the backbone its config names.
+  Beyond the core every command builds on (`import_core`), gin files import the modules
+  whose configurables they bind (T5X style): a command loads only the stages and the
+  backbone its config names.
   """
+  import_core()
   _register_uri_reader()
   gin.clear_config()
   for path in [*search_paths, os.getcwd(), GIN_ROOT]:
@@ -110,6 +112,15 @@ def one_line(error: BaseException) -> str:
   return text[0] if text else type(error).__name__
 
 
+def import_core() -> None:
+  """Imports the configurables every command uses (data loading, classifier, trainer,
+  mesh): gin locks its registry when a config is finalised, so a configurable module first
+  imported later would fail. Backbones, strategies and the round loop are not core: the
+  gin files that bind them import them."""
+  # pylint: disable=g-import-not-at-top,unused-import
+  from gbair_jax.train import experiment, trainer  # noqa: F401
+
+
 # Stages a command that only rebuilds a run's experiment (`gbair influence`) neither imports
 # nor binds when it reads the run's config.gin.
 RUN_ONLY_MODULES = ("gbair_jax.recovery", "gbair_jax.review")
@@ -122,6 +133,7 @@ def parse_run_config(path: str, leave_out: Sequence[str] = RUN_ONLY_MODULES) -> 
   influence` loads the data, the run's backbone and the trainer, not the round loop.
   The file was checked when the run started; it is read as recorded.
   """
+  import_core()
   _register_uri_reader()
   from gbair_jax.runtime import files  # pylint: disable=g-import-not-at-top
   kept = [line for line in files.read_text(path).splitlines()
