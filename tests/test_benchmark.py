@@ -1,6 +1,5 @@
 """`gbair benchmark`: the paired bootstrap and detection metrics by hand, and a tiny suite
 (tiny random BERT, 2 seeds, 2 strategies) end to end: schema, arithmetic, resume."""
-import csv
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import pytest
 
 from gbair_jax.recovery import benchmark
 from gbair_jax.train.metrics import average_precision
-from tests.helpers import synthetic_split
+from tests.helpers import write_sentiment_csv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,12 +66,7 @@ def test_mean_std_skips_missing_values():
 @pytest.fixture(scope="module")
 def tiny_suite(tmp_path_factory):
   root = tmp_path_factory.mktemp("bench")
-  split = synthetic_split(120, 0)
-  with open(root / "data.csv", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["text", "label"])
-    for text, label in zip(split["text"], split["label"]):
-      writer.writerow([text, ["negative", "positive"][label]])
+  write_sentiment_csv(root / "data.csv")
   gin_file = root / "tiny_suite.gin"
   gin_file.write_text(f"""
 include 'gin/models/tiny_bert.gin'
