@@ -26,6 +26,15 @@ def test_paper_configs_state_the_papers_choices(name):
   assert gin.query_parameter("build_classifier.prompt_length") == 100
   assert gin.query_parameter("make_optimizer.name") == "adafactor"
   assert gin.query_parameter("build_experiment.partition_frozen") is True
+  # The paper's plain rounds, not the default gated class vote of base.gin.
+  assert gin.query_parameter("run.strategy") == "tracin_opponents"
+  assert gin.query_parameter("run.gate") is False
+
+
+def test_quickstart_runs_the_default_policy():
+  config_lib.parse_gin(["gin/runs/quickstart.gin"])
+  assert gin.query_parameter("run.strategy") == "class_vote_knn"
+  assert gin.query_parameter("run.gate") is True
 
 
 def test_quickstart_and_paper_share_the_base():

@@ -110,7 +110,7 @@ def _finite_or_none(value):
 def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
   """The per-run numbers the benchmark aggregates, from one strategy's report."""
   rounds = report["rounds"]
-  start, final = rounds[0], rounds[-1]
+  start, final = rounds[0], writer.final_round(report)
   changed = sum(r["selected"] for r in rounds)
   hits = sum(round(r["selected"] * r["precision"]) for r in rounds
              if r.get("precision") is not None)
@@ -127,9 +127,10 @@ def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
       "recovered_share": writer.recovered_share(report),
       "changed": changed,
       "precision": hits / changed if changed else None,
-      "recall": final.get("recall_cumulative"),
-      "wrong_labels_remaining": final.get("wrong_labels"),
-      "corrupted_remaining": final.get("corrupted_remaining"),
+      # Labels as the ledger leaves them (after any rollback): the final model's labels.
+      "recall": rounds[-1].get("recall_cumulative"),
+      "wrong_labels_remaining": rounds[-1].get("wrong_labels"),
+      "corrupted_remaining": rounds[-1].get("corrupted_remaining"),
       "validation_never_fell": bool(all(b >= a for a, b in zip(validation_auc, validation_auc[1:]))),
       "final_not_below_round0": bool(test.get("auc", 0.0) >= start["test"].get("auc", 0.0)),
       "detection_auroc": None, "detection_auprc": None,

@@ -57,7 +57,7 @@ def _compare(output_dir: str, strategies: list[str], experiment,
   clean = results[strategies[0]]["references"].get("clean")
   rows = []
   for name, report in results.items():
-    final, start = report["rounds"][-1], report["rounds"][0]
+    final, start = writer.final_round(report), report["rounds"][0]
     changed = sum(r["selected"] for r in report["rounds"])
     hits = sum(round(r["selected"] * r["precision"]) for r in report["rounds"]
                if r.get("precision") is not None)
@@ -66,7 +66,7 @@ def _compare(output_dir: str, strategies: list[str], experiment,
     share = writer.recovered_share(report)
     f1_at_t = final["test"].get("f1_at_threshold")
     rows.append([name, str(changed), f"{hits / changed:.3f}" if changed else "-",
-                 str(final.get("corrupted_remaining")), f"{start['test']['auc']:.3f}",
+                 str(report["rounds"][-1].get("corrupted_remaining")), f"{start['test']['auc']:.3f}",
                  f"{final['test']['auc']:.3f}", f"{final['test']['accuracy']:.3f}",
                  f"{final['test']['f1']:.3f}", "-" if f1_at_t is None else f"{f1_at_t:.3f}",
                  "-" if share is None else f"{share:.2f}"])

@@ -12,10 +12,12 @@ the command goes on from there (gbair_jax/review/).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import sys
 import time
+from typing import Any
 
 import gin
 import numpy as np
@@ -25,6 +27,7 @@ from gbair_jax.data import ledger as ledger_lib
 from gbair_jax.data.ledger import apply_ledger, read_ledger
 from gbair_jax.errors import UserError
 from gbair_jax.recovery import actions
+from gbair_jax.recovery import gate as gate_lib
 from gbair_jax.recovery.context import RoundContext
 # The built-in strategies register themselves (and their gin configurables) on import.
 from gbair_jax.recovery import gradient_vote  # noqa: F401  pylint: disable=unused-import
@@ -92,8 +95,8 @@ def normalize_references(references) -> tuple[str, ...]:
 @gin.configurable(denylist=["output_dir", "experiment", "review", "resume_command"])
 def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents",
         action: str = "relabel", retrain: str = "fresh",
-        references: tuple | None = ("clean", "no_recovery"), progress: bool = True,
-        experiment: Experiment | None = None, review: bool = False,
+        references: tuple | None = ("clean", "no_recovery"), gate: bool = False,
+        progress: bool = True, experiment: Experiment | None = None, review: bool = False,
         resume_command: str | None = None) -> dict:
   """Runs G-BAIR rounds 0..num_rounds (the last one only trains and evaluates).
 
@@ -108,6 +111,9 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
     references: which reference results to add to the report: "clean" trains once on the
       uncorrupted labels; "no_recovery" is round 0 (same config, no label changed).
       None or () adds none.
+    gate: hold out a slice of validation and keep a round's changes only if the next
+      model is not worse on it (recovery/gate.py; gin `GateConfig.*`); the run's result
+      is then the last accepted round (report.json `final_round`).
     review: pause a recovery round after selection for `gbair review` and return
       {"paused_for_review": r, "proposals": path}; not part of the config. A round whose
       ledger holds human decisions goes on with them (with or without `review`).
@@ -121,6 +127,15 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
   if num_rounds < 0:
     raise UserError(f"run.num_rounds must be >= 0, got {num_rounds}")
   strategy_fn = get_strategy(strategy)  # fail before any work on an unknown name
+  gate_config = gate_lib.GateConfig() if gate else None
+  if gate_config is not None:
+    gate_config.check()
+    if action != "relabel":
+      raise UserError(f"run.gate=True can only undo relabels; run.action='{action}' "
+                      "needs run.gate=False")
+    if review:
+      raise UserError("run.gate=True and --review cannot be combined yet: a reviewed "
+                      "round's decisions are final")
   primary = distributed.is_primary()  # several processes: all compute, process 0 writes
   progress = progress and primary
   check_output_dir_free(output_dir)  # refused at once, not after loading the data
@@ -129,6 +144,8 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
   # writes nothing, and the corrected one can use the same directory.
   exp = experiment or build_experiment()
   splits = exp.tokenized_splits()
+  if gate_config is not None:  # the gate slice is held out before anything sees validation
+    splits["validation"], splits["gate"] = gate_lib.split_gate(splits["validation"], gate_config)
   train_source = splits["train"]
   selection_count = actions.selection_size(len(train_source["label"]))
   if progress:
@@ -136,10 +153,14 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
       print(line, flush=True)
   config_text = gin.config_str() + f"\n# strategy: {strategy}\n"
   with claim_output_dir(output_dir, config_text, exp.data):
-    rounds = _rounds(output_dir, exp, splits, num_rounds, strategy, strategy_fn, action,
-                     retrain, selection_count, primary, progress, review, resume_command)
-    if isinstance(rounds, dict):  # paused for review: no report until the run goes on
-      return rounds
+    settings = _Settings(output_dir=output_dir, exp=exp, splits=splits, num_rounds=num_rounds,
+                         strategy=strategy, strategy_fn=strategy_fn, action=action,
+                         retrain=retrain, gate=gate_config, primary=primary, progress=progress,
+                         review=review, resume_command=resume_command)
+    outcome = _rounds(settings, selection_count)
+    if isinstance(outcome, dict):  # paused for review: no report until the run goes on
+      return outcome
+    rounds, final_round = outcome
     report = {
         # The config recorded when the directory was claimed: the same in every rerun.
         "config": config_text,
@@ -150,6 +171,7 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
         "num_train": int(len(train_source["label"])),
         "num_corrupted": int(train_source["is_corrupted"].sum()),
         "rounds": rounds,
+        "final_round": final_round,  # the round whose model is the result (gate: accepted)
         "references": _references(exp, splits, output_dir, references, rounds, progress),
         **exp.runtime(),  # mesh shape, device kind, number of processes
     }
@@ -161,119 +183,235 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
   return report
 
 
-def _rounds(output_dir: str, exp: Experiment, splits: dict, num_rounds: int, strategy: str,
-            strategy_fn, action: str, retrain: str, selection_count: int, primary: bool,
-            progress: bool, review: bool = False,
-            resume_command: str | None = None) -> list[dict] | dict:
-  """Rounds 0..num_rounds, each reused from round.json when finished; their summaries (or
-  {"paused_for_review": r, "proposals": path} when a round pauses for review)."""
-  train_source = splits["train"]
-  ledger_path = files.join(output_dir, LEDGER_FILE)
-  checked_ledger(output_dir, train_source, primary)
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """One `run`'s fixed inputs, as the round functions below read them."""
+
+  output_dir: str
+  exp: Experiment
+  splits: dict             # tokenised splits; "gate" too when the gate is on
+  num_rounds: int
+  strategy: str
+  strategy_fn: Any
+  action: str
+  retrain: str
+  gate: gate_lib.GateConfig | None
+  primary: bool            # process 0: the one that writes
+  progress: bool
+  review: bool
+  resume_command: str | None
+
+  @property
+  def ledger_path(self) -> str:
+    return files.join(self.output_dir, LEDGER_FILE)
+
+  def round_dir(self, r: int) -> str:
+    return files.join(self.output_dir, f"round_{r}")
+
+
+@dataclasses.dataclass
+class _RoundState:
+  """What carries from one round to the next: the prompt to warm-start from, the selection
+  budget, and the gate's last accepted round (restored from round.json on a rerun)."""
+
+  budget: int
+  prompt: np.ndarray | None = None
+  accepted_round: int = 0
+  accepted_value: float | None = None
+
+  def restore(self, summary: dict, round_dir: str) -> None:
+    self.prompt = _last_prompt(round_dir)
+    self.budget = summary.get("budget", self.budget)
+    if "gate" in summary:
+      self.accepted_round = summary["gate"]["accepted_round"]
+      self.accepted_value = summary["gate"]["accepted_value"]
+
+
+def _last_prompt(round_dir: str) -> np.ndarray:
+  return checkpoints.load_prompt(round_dir, checkpoints.list_checkpoints(round_dir)[-1].epoch)
+
+
+def _rounds(job: _Settings, selection_count: int) -> tuple[list[dict], int] | dict:
+  """Rounds 0..num_rounds, each reused from round.json when finished: (their summaries, the
+  round whose model is the run's result), or {"paused_for_review": r, "proposals": path}
+  when a round pauses for review."""
+  train_source = job.splits["train"]
+  checked_ledger(job.output_dir, train_source, job.primary)
   rounds: list[dict] = []
-  previous_prompt = None
-  for r in range(num_rounds + 1):
-    round_dir = files.join(output_dir, f"round_{r}")
+  state = _RoundState(budget=selection_count)
+  for r in range(job.num_rounds + 1):
+    round_dir = job.round_dir(r)
     summary_path = files.join(round_dir, "round.json")
     if files.exists(summary_path):  # finished before a kill: reuse it
       summary = files.read_json(summary_path)
       rounds.append(summary)
-      last_epoch = checkpoints.list_checkpoints(round_dir)[-1].epoch
-      previous_prompt = checkpoints.load_prompt(round_dir, last_epoch)
-      if summary["selected"] == 0 and r < num_rounds:
+      state.restore(summary, round_dir)
+      if summary["selected"] == 0 and r < job.num_rounds:
         break
       continue
 
-    entries = read_ledger(ledger_path)
-    proposals = review_proposals.read_proposals(round_dir) if r < num_rounds else None
-    decided = [e for e in entries if e.round == r]
+    entries = read_ledger(job.ledger_path)
+    proposals = review_proposals.read_proposals(round_dir) if r < job.num_rounds else None
     if proposals is not None:  # paused for review before
-      if review and not decided and not review_decisions.is_closed(output_dir, r):
-        return {"paused_for_review": r, "proposals": review_proposals.proposals_path(round_dir)}
-      if primary:  # going on: no decision may land after the ledger is read
-        review_decisions.close_review(output_dir, r)
-      distributed.barrier(f"review of round {r} closed")
-      entries = read_ledger(ledger_path)
       decided = [e for e in entries if e.round == r]
+      if job.review and not decided and not review_decisions.is_closed(job.output_dir, r):
+        return {"paused_for_review": r, "proposals": review_proposals.proposals_path(round_dir)}
+      if job.primary:  # going on: no decision may land after the ledger is read
+        review_decisions.close_review(job.output_dir, r)
+      distributed.barrier(f"review of round {r} closed")
+      entries = read_ledger(job.ledger_path)
     train = apply_ledger(train_source, entries, before_round=r)
-    started = time.time()
-    hook = (tracin_strategies.in_run_hook(strategy, exp.spec, splits["validation"])
-            if r < num_rounds else None)  # tracin.source = "in_run": scored while training
-    result = train_prompt(exp.spec, exp.frozen, {**splits, "train": train}, round_dir,
-                          initial_prompt=previous_prompt if retrain == "warm_start" else None,
-                          progress=progress, mesh=exp.mesh, in_run=hook)
-    train_seconds = time.time() - started
-    previous_prompt = result.prompt
-    summary = {"round": r, "label_names": list(exp.data.label_names),
-               "num_train": int(len(train["label"])), "selected": 0,
-               "precision": None,
-               "validation": result.metrics["epochs"][-1].get("validation", {}),
-               "test": result.metrics.get("test", {}),
-               "seconds": {"train": train_seconds, "score": 0.0}}
+    result, summary = _train_round(job, train, r,
+                                   state.prompt if job.retrain == "warm_start" else None)
+    state.prompt = result.prompt
+    rollback = _gate_round(job, result, summary, entries, state) if job.gate else []
+    if rollback and job.retrain == "warm_start":  # go on from the accepted model
+      state.prompt = _last_prompt(job.round_dir(state.accepted_round))
 
+    decided = [e for e in entries if e.round == r]
     reviewed = proposals is not None and any(review_decisions.is_human(e) for e in decided)
-    if r < num_rounds and reviewed:  # the reviewer's decisions are this round's changes
+    if r < job.num_rounds and reviewed:  # the reviewer's decisions are this round's changes
       summary.update(review_rounds.reviewed_round(round_dir, proposals, entries, train,
-                                                  train_source, write=primary))
-    elif r < num_rounds:
-      started = time.time()
-      validation_logits = predict_logits(exp.spec, result.prompt, exp.frozen, splits["validation"],
-                                         mesh=exp.mesh)
-      own = [e for e in entries if e.round == r]
-      if own:
-        # Killed after this round's ledger append and before round.json (or between the
-        # append and the barrier of several processes): the ledger is the round's record.
-        # Selecting again would exclude these very entries and pick other examples.
-        row_of = {int(i): n for n, i in enumerate(train["example_id"])}
-        selected = np.array([row_of[e.example_id] for e in own], np.int64)
-        suspects_path = files.join(round_dir, "suspects.jsonl")
-        if primary and not files.exists(suspects_path):
-          report_writer.write_suspects(suspects_path, own, train, exp.data.label_names)
-      else:
-        ctx = RoundContext(
-            spec=exp.spec, frozen=exp.frozen, train=train, validation=splits["validation"],
-            checkpoints=checkpoints.load_tracin_checkpoints(round_dir),
-            final_prompt=result.prompt,
-            train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train,
-                                        mesh=exp.mesh),
-            validation_logits=validation_logits, seed=r, progress=progress, mesh=exp.mesh,
-            in_run=result.in_run,
-            dynamics=result.in_run.dynamics if result.in_run is not None else None,
-            round_dir=round_dir)
-        scores = strategy_fn(ctx)
-        if primary:  # every example's score: the benchmark's detection AUROC / AUPRC
-          save_scores(files.join(round_dir, SCORES_FILE), train["example_id"], scores)
-        changed = np.isin(train["example_id"], [e.example_id for e in entries])
-        selected = actions.select_suspects(scores, selection_count, exclude=changed)
-        new_entries = actions.act(action, selected, train, ctx.train_logits, scores, r, strategy)
-        if review and len(selected) and proposals is None:
-          path = review_rounds.pause_for_review(
-              round_dir, ctx, selected, new_entries, scores, exp.data.label_names,
-              round_index=r, strategy=strategy, action=action, resume_command=resume_command,
-              seconds={"train": train_seconds, "score": time.time() - started})
-          distributed.barrier(f"proposals of round {r}")
-          return {"paused_for_review": r, "proposals": path}
-        if primary:
-          report_writer.write_suspects(files.join(round_dir, "suspects.jsonl"), new_entries,
-                                       train, exp.data.label_names)
-          ledger_lib.append_round(ledger_path, r, new_entries)
-      summary["selected"] = len(selected)
-      summary["precision"] = (float(np.mean(train["is_corrupted"][selected]))
-                              if len(selected) else None)
-      summary["num_misclassified_validation"] = int(np.sum(
-          validation_logits.argmax(-1) != splits["validation"]["label"]))
-      summary["seconds"]["score"] = time.time() - started
+                                                  train_source, write=job.primary))
+    elif r < job.num_rounds or rollback:
+      paused = _select_round(job, result, summary, entries, rollback, state, r,
+                             pause=job.review and proposals is None)
+      if paused:
+        return paused
     distributed.barrier(f"ledger of round {r}")  # all read what process 0 appended
-    summary.update(label_quality(train_source, read_ledger(ledger_path), r))
-    if primary:
+    summary.update(label_quality(train_source, read_ledger(job.ledger_path), r))
+    if job.primary:
       files.write_json(summary_path, summary)
     distributed.barrier(f"round {r} done")
     rounds.append(summary)
-    if progress:
+    if job.progress:
       print(report_writer.format_round(summary), flush=True)
-    if summary["selected"] == 0 and r < num_rounds:
+    if summary["selected"] == 0 and r < job.num_rounds:
       break  # nothing left to change: later rounds would repeat this one
-  return rounds
+  return rounds, (state.accepted_round if job.gate else rounds[-1]["round"])
+
+
+def _train_round(job: _Settings, train: dict, r: int, initial_prompt):
+  """Trains round r on its labels: (the TrainResult, the round's summary so far)."""
+  started = time.time()
+  exp = job.exp
+  hook = (tracin_strategies.in_run_hook(job.strategy, exp.spec, job.splits["validation"])
+          if r < job.num_rounds else None)  # tracin.source = "in_run": scored while training
+  result = train_prompt(exp.spec, exp.frozen, {**job.splits, "train": train}, job.round_dir(r),
+                        initial_prompt=initial_prompt, progress=job.progress, mesh=exp.mesh,
+                        in_run=hook)
+  summary = {"round": r, "label_names": list(exp.data.label_names),
+             "num_train": int(len(train["label"])), "selected": 0, "precision": None,
+             "validation": result.metrics["epochs"][-1].get("validation", {}),
+             "test": result.metrics.get("test", {}),
+             "seconds": {"train": time.time() - started, "score": 0.0}}
+  return result, summary
+
+
+def _gate_round(job: _Settings, result, summary: dict, entries: list, state: _RoundState) -> list:
+  """Scores round r's model on the gate slice; accepts it, or rejects it and returns the
+  ledger lines that undo round r - 1's relabels (and halves the budget)."""
+  r, gate, exp = summary["round"], job.gate, job.exp
+  logits = predict_logits(exp.spec, result.prompt, exp.frozen, job.splits["gate"], mesh=exp.mesh)
+  value = gate_lib.gate_value(logits, job.splits["gate"], gate)
+  last_changes = [e for e in entries if e.round == r - 1 and not gate_lib.is_rollback(e)]
+  rejected = bool(last_changes) and gate_lib.rejects(value, state.accepted_value, gate)
+  if rejected:
+    state.budget //= 2
+  else:
+    state.accepted_round, state.accepted_value = r, value
+  summary["budget"] = state.budget
+  summary["gate"] = {"metric": gate.metric, "value": value, "accepted": not rejected,
+                     "accepted_round": state.accepted_round,
+                     "accepted_value": state.accepted_value,
+                     "rolled_back": len(last_changes) if rejected else 0}
+  return gate_lib.rollback_entries(last_changes, r) if rejected else []
+
+
+def _select_round(job: _Settings, result, summary: dict, entries: list, rollback: list,
+                  state: _RoundState, r: int, pause: bool) -> dict | None:
+  """Round r's changes: scores every training example, selects `state.budget` of them and
+  appends their ledger lines (after `rollback`, when the gate rejected this round: then the
+  accepted round's saved scores choose). Fills the summary; with `pause`, stops for review
+  and returns where the proposals are."""
+  started = time.time()
+  exp, splits, round_dir = job.exp, job.splits, job.round_dir(r)
+  train = apply_ledger(splits["train"], entries + rollback, before_round=r + 1)
+  ctx = None
+  own = [e for e in entries if e.round == r]
+  if own:
+    # Killed after this round's ledger append and before round.json (or between the
+    # append and the barrier of several processes): the ledger is the round's record.
+    # Selecting again would exclude these very entries and pick other examples.
+    chosen = [e for e in own if not gate_lib.is_rollback(e)]
+    train = apply_ledger(splits["train"], entries, before_round=r)
+    row_of = {int(i): n for n, i in enumerate(train["example_id"])}
+    selected = np.array([row_of[e.example_id] for e in chosen], np.int64)
+    suspects_path = files.join(round_dir, "suspects.jsonl")
+    if job.primary and not files.exists(suspects_path):
+      report_writer.write_suspects(suspects_path, chosen, train, exp.data.label_names)
+  elif r == job.num_rounds or state.budget == 0:  # only the rollback: nothing new to choose
+    selected = np.zeros(0, np.int64)
+    if job.primary:
+      ledger_lib.append_round(job.ledger_path, r, rollback)
+  else:
+    if rollback:  # the accepted model scored these labels; its scores still apply
+      accepted_dir = job.round_dir(state.accepted_round)
+      prompt = _last_prompt(accepted_dir)
+      scores = _saved_scores(files.join(accepted_dir, SCORES_FILE), train["example_id"])
+    else:
+      prompt = result.prompt
+      ctx = _round_context(job, result, train, r)
+      scores = job.strategy_fn(ctx)
+      if job.primary:  # every example's score: the benchmark's detection AUROC / AUPRC
+        save_scores(files.join(round_dir, SCORES_FILE), train["example_id"], scores)
+    train_logits = (ctx.train_logits if ctx is not None else
+                    predict_logits(exp.spec, prompt, exp.frozen, train, mesh=exp.mesh))
+    ever_changed = np.isin(train["example_id"], [e.example_id for e in entries + rollback])
+    selected = actions.select_suspects(scores, state.budget, exclude=ever_changed)
+    new_entries = actions.act(job.action, selected, train, train_logits, scores, r, job.strategy)
+    if pause and len(selected):
+      path = review_rounds.pause_for_review(
+          round_dir, ctx, selected, new_entries, scores, exp.data.label_names,
+          round_index=r, strategy=job.strategy, action=job.action,
+          resume_command=job.resume_command,
+          seconds={"train": summary["seconds"]["train"], "score": time.time() - started})
+      distributed.barrier(f"proposals of round {r}")
+      return {"paused_for_review": r, "proposals": path}
+    if job.primary:
+      report_writer.write_suspects(files.join(round_dir, "suspects.jsonl"), new_entries,
+                                   train, exp.data.label_names)
+      ledger_lib.append_round(job.ledger_path, r, rollback + new_entries)
+  summary["selected"] = len(selected)
+  summary["precision"] = (float(np.mean(train["is_corrupted"][selected]))
+                          if len(selected) else None)
+  validation_logits = (ctx.validation_logits if ctx is not None else predict_logits(
+      exp.spec, result.prompt, exp.frozen, splits["validation"], mesh=exp.mesh))
+  summary["num_misclassified_validation"] = int(np.sum(
+      validation_logits.argmax(-1) != splits["validation"]["label"]))
+  summary["seconds"]["score"] = time.time() - started
+  return None
+
+
+def _round_context(job: _Settings, result, train: dict, r: int) -> RoundContext:
+  """What a strategy sees of round r's model (trainer.TrainResult `result`)."""
+  exp, splits, round_dir = job.exp, job.splits, job.round_dir(r)
+  return RoundContext(
+      spec=exp.spec, frozen=exp.frozen, train=train, validation=splits["validation"],
+      checkpoints=checkpoints.load_tracin_checkpoints(round_dir), final_prompt=result.prompt,
+      train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train, mesh=exp.mesh),
+      validation_logits=predict_logits(exp.spec, result.prompt, exp.frozen,
+                                       splits["validation"], mesh=exp.mesh),
+      seed=r, progress=job.progress, mesh=exp.mesh, in_run=result.in_run,
+      dynamics=result.in_run.dynamics if result.in_run is not None else None,
+      round_dir=round_dir)
+
+
+def _saved_scores(path: str, example_ids: np.ndarray) -> np.ndarray:
+  """A round's scores.npz, in the order of `example_ids` (missing ids: -inf, never chosen)."""
+  saved = np.load(io.BytesIO(files.read_bytes(path)))
+  by_id = dict(zip(saved["example_id"].tolist(), saved["score"].tolist()))
+  return np.array([by_id.get(int(i), -np.inf) for i in example_ids], np.float64)
 
 
 def _finished_rounds(output_dir: str) -> list[int]:

@@ -42,8 +42,23 @@ THRESHOLD_NOTE = ("test acc / test f1: at the argmax; @t: at the decision thresh
                   "report.json; '-' for more classes).")
 
 
+def final_round(report: dict) -> dict:
+  """The summary of the round whose model is the run's result: the last round, or with
+  gated rounds the last accepted one (report.json `final_round`)."""
+  wanted = report.get("final_round")
+  found = [r for r in report["rounds"] if r["round"] == wanted]
+  return found[0] if found else report["rounds"][-1]
+
+
+def _round_name(r: dict) -> str:
+  gate = r.get("gate")
+  if gate is None:
+    return str(r["round"])
+  return f"{r['round']} ({'accepted' if gate['accepted'] else 'rejected by gate'})"
+
+
 def _round_cells(r: dict) -> list[str]:
-  return [str(r["round"]), str(r["selected"]), _fmt(r.get("precision")),
+  return [_round_name(r), str(r["selected"]), _fmt(r.get("precision")),
           _fmt(r.get("recall_cumulative")), str(r.get("corrupted_remaining", "-")),
           _fmt(r["validation"].get("accuracy")), _fmt(r["test"].get("accuracy")),
           _fmt(r["test"].get("f1")), _fmt(r["test"].get("accuracy_at_threshold")),
@@ -74,13 +89,13 @@ def format_table(report: dict) -> str:
 
 
 def recovered_share(report: dict, metric: str = "auc") -> float | None:
-  """Share of the test `metric` lost to corruption that the final round won back."""
+  """Share of the test `metric` lost to corruption that the final (accepted) round won back."""
   refs = report.get("references", {})
   if "clean" not in refs or not report["rounds"]:
     return None
   clean = refs["clean"]["test"].get(metric)
   start = report["rounds"][0]["test"].get(metric)
-  final = report["rounds"][-1]["test"].get(metric)
+  final = final_round(report)["test"].get(metric)
   if None in (clean, start, final) or clean == start:
     return None
   return float((final - start) / (clean - start))

@@ -1,0 +1,102 @@
+"""Gated rounds (recovery/gate.py): a round whose model is worse on the gate slice is rolled
+back in the ledger, the budget halves, and the run's result is the last accepted round."""
+import os
+
+import gin
+import numpy as np
+import pytest
+
+from gbair_jax.data.ledger import apply_ledger, read_ledger
+from gbair_jax.errors import UserError
+from gbair_jax.recovery import gate as gate_lib
+from gbair_jax.recovery import loop
+from tests.test_recovery import experiment  # noqa: F401  pylint: disable=unused-import
+
+
+@pytest.fixture(autouse=True)
+def small_gin():
+  gin.clear_config()
+  gin.parse_config("train_prompt.num_epochs = 1\ntrain_prompt.batch_size = 16\n"
+                   "train_prompt.tensorboard = False\nselection_size.select_count = 6\n"
+                   "GateConfig.fraction = 0.5\n")
+  yield
+  gin.clear_config()
+
+
+def _scripted_gate(monkeypatch, values):
+  """The gate reads `values` round after round instead of the model's metric."""
+  seen = iter(values)
+  monkeypatch.setattr(gate_lib, "gate_value", lambda logits, gate, config: next(seen))
+
+
+def test_split_gate_is_stratified_disjoint_and_seeded():
+  validation = {"example_id": np.arange(40), "label": np.array([0] * 30 + [1] * 10)}
+  rest, gate = gate_lib.split_gate(validation, gate_lib.GateConfig(fraction=0.3, seed=1))
+  assert sorted(np.concatenate([rest["example_id"], gate["example_id"]]).tolist()) == list(range(40))
+  assert np.bincount(gate["label"]).tolist() == [9, 3]
+  again, _ = gate_lib.split_gate(validation, gate_lib.GateConfig(fraction=0.3, seed=1))
+  np.testing.assert_array_equal(rest["example_id"], again["example_id"])
+  other, _ = gate_lib.split_gate(validation, gate_lib.GateConfig(fraction=0.3, seed=2))
+  assert not np.array_equal(rest["example_id"], other["example_id"])
+
+
+def test_rejected_rounds_are_rolled_back_and_the_budget_halves(experiment, tmp_path, monkeypatch):
+  _scripted_gate(monkeypatch, [0.8, 0.7, 0.6])  # every later model is worse
+  out = str(tmp_path / "run")
+  report = loop.run(out, num_rounds=2, strategy="loss", gate=True, references=(),
+                    experiment=experiment, progress=False)
+  rounds = report["rounds"]
+  assert [r["gate"]["accepted"] for r in rounds] == [True, False, False]
+  assert [r["selected"] for r in rounds] == [6, 3, 0]
+  assert [r["budget"] for r in rounds] == [6, 3, 1]
+  assert report["final_round"] == 0
+  ledger = read_ledger(os.path.join(out, "ledger.jsonl"))
+  by_round = {r: [e for e in ledger if e.round == r] for r in range(3)}
+  # Round 1 undoes round 0's six changes, then picks three others from round 0's scores.
+  undo = [e for e in by_round[1] if e.strategy == gate_lib.GATE_ROLLBACK]
+  assert sorted((e.example_id, e.old_label, e.new_label) for e in undo) == sorted(
+      (e.example_id, e.new_label, e.old_label) for e in by_round[0])
+  fresh = [e for e in by_round[1] if e.strategy != gate_lib.GATE_ROLLBACK]
+  assert len(fresh) == 3 and not {e.example_id for e in fresh} & {e.example_id for e in undo}
+  # Round 2 undoes those three: the ledger ends at round 0's labels, the result's labels.
+  assert sorted(e.example_id for e in by_round[2]) == sorted(e.example_id for e in fresh)
+  train = experiment.data.splits["train"]
+  np.testing.assert_array_equal(apply_ledger(train, ledger, before_round=3)["label"], train["label"])
+  assert rounds[-1]["wrong_labels"] == int(np.sum(train["label"] != train["original_label"]))
+  # A rerun reuses every round, gate state included.
+  again = loop.run(out, num_rounds=2, strategy="loss", gate=True, references=(),
+                   experiment=experiment, progress=False)
+  assert again["final_round"] == 0 and again["rounds"] == rounds
+
+
+def test_accepted_rounds_keep_their_changes(experiment, tmp_path, monkeypatch):
+  _scripted_gate(monkeypatch, [0.6, 0.6, 0.7])  # equal counts as not worse
+  report = loop.run(str(tmp_path / "run"), num_rounds=2, strategy="loss", gate=True,
+                    references=(), experiment=experiment, progress=False)
+  assert [r["gate"]["accepted"] for r in report["rounds"]] == [True, True, True]
+  assert [r["selected"] for r in report["rounds"]] == [6, 6, 0]
+  assert report["final_round"] == 2
+  ledger = read_ledger(os.path.join(str(tmp_path / "run"), "ledger.jsonl"))
+  assert not any(e.strategy == gate_lib.GATE_ROLLBACK for e in ledger)
+
+
+def test_gate_holds_out_validation_and_scores_the_real_model(experiment, tmp_path):
+  report = loop.run(str(tmp_path / "run"), num_rounds=1, strategy="loss", gate=True,
+                    references=(), experiment=experiment, progress=False)
+  first = report["rounds"][0]["gate"]
+  assert first["accepted"] and 0.0 <= first["value"] <= 1.0
+  assert report["rounds"][0]["num_misclassified_validation"] <= 16  # half of 32 held out
+
+
+def test_gate_refuses_removal_and_review(experiment, tmp_path):
+  with pytest.raises(UserError, match="run.action='remove'"):
+    loop.run(str(tmp_path / "a"), strategy="loss", action="remove", gate=True,
+             experiment=experiment, progress=False)
+  with pytest.raises(UserError, match="--review"):
+    loop.run(str(tmp_path / "b"), strategy="loss", gate=True, review=True,
+             experiment=experiment, progress=False)
+  gin.bind_parameter("GateConfig.fraction", 1.5)
+  with pytest.raises(UserError, match="GateConfig.fraction=1.5"):
+    loop.run(str(tmp_path / "c"), strategy="loss", gate=True, experiment=experiment,
+             progress=False)
+  assert not os.path.exists(tmp_path / "c")
