@@ -183,3 +183,22 @@ def test_recovery_round_scores_from_the_training_run(setup, tmp_path, monkeypatc
   assert ctx.dynamics.margin.shape == (2, 40) and ctx.in_run.mean_influence.shape == (40,)
   assert sorted(os.listdir(f"{out}/round_0/in_run")) == ["epoch_1.npz", "epoch_2.npz"]
   assert not os.path.exists(f"{out}/round_1/in_run"), "the last round only trains"
+
+
+def test_query_pass_split_over_eight_devices_equals_one_device(setup):
+  """The query pass splits its batches over the mesh's `data` axis (8 fake CPU devices,
+  batches of 8 queries with a padded last one) and returns what one device computes,
+  replicated on the mesh."""
+  from gbair_jax.runtime import mesh as mesh_lib
+  spec, frozen, _ = setup
+  prompt = np.asarray(spec.initial_prompt(jax.random.PRNGKey(0), frozen))
+  hook = _hook(setup).setup(40, 2)
+  one, one_logits = hook.query_pass(prompt, frozen)
+  mesh = mesh_lib.make_mesh()
+  assert mesh_lib.data_size(mesh) == 8
+  eight, eight_logits = hook.query_pass(prompt, frozen, mesh)
+  np.testing.assert_allclose(eight_logits, one_logits, rtol=1e-5, atol=1e-6)
+  for name in ("mean", "class_sums", "grads"):
+    assert eight[name].sharding.is_fully_replicated and eight[name].sharding.mesh == mesh, name
+    np.testing.assert_allclose(np.asarray(eight[name]), np.asarray(one[name]),
+                               rtol=1e-4, atol=1e-6, err_msg=name)

@@ -14,7 +14,7 @@ Nothing of size [N, M] or [N, d] is stored. Per-query top-k of the *summed* scor
 sums of min(score, 0), are not accumulable this way: strategies needing them score from
 the checkpoints. `"checkpoints"` (default) is exact TracInCP over the epoch checkpoints.
 Accumulators are plain jitted jnp scatters by training-set position, so a batch sharded
-over a mesh needs no change here.
+over a mesh needs no change here; the query pass splits its batches over the mesh too.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import numpy as np
 from gbair_jax.errors import UserError
 from gbair_jax.models.classifier import ClassifierSpec
 from gbair_jax.runtime import files
+from gbair_jax.runtime import mesh as mesh_lib
 from gbair_jax.train import batches as batches_lib
 from gbair_jax.train import per_example_grads as grads_lib
 
@@ -130,7 +131,7 @@ class InRunTracIn:
     self.batch_size = batch_size
     self.num_train = self.num_epochs = self.top_k = None
     self._outputs = example_outputs(spec)
-    self._query_batch = jax.jit(self._query_batch_unjitted)
+    self._query_batch = {}  # mesh -> the jitted query batch, outputs replicated on it
 
   def setup(self, num_train: int, num_epochs: int) -> "InRunTracIn":
     """Sizes the accumulators for a training set of `num_train` rows and `num_epochs`."""
@@ -147,14 +148,23 @@ class InRunTracIn:
     # grads rows of padding are zero already, so plain sums are over the valid rows.
     return logits, jnp.sum(grads, axis=0), one_hot.T @ grads, (grads if self.top_k else None)
 
-  def query_pass(self, prompt, frozen) -> tuple[dict[str, jax.Array], np.ndarray | None]:
+  def query_pass(self, prompt, frozen, mesh=None
+                 ) -> tuple[dict[str, jax.Array], np.ndarray | None]:
     """(query features at `prompt`, query logits [M, C] in the query split's order).
 
+    Each query batch is split over the mesh's `data` axis like a training batch (default:
+    a one-device mesh); the features come back replicated, as the training step reads them.
     The logits are those of a forward pass at `prompt`: the trainer uses them as the
     validation evaluation when the queries are the validation split.
     """
     if self.queries is None:
       return {}, None
+    mesh = mesh if mesh is not None else mesh_lib.single_device_mesh()
+    if mesh not in self._query_batch:
+      self._query_batch[mesh] = jax.jit(self._query_batch_unjitted,
+                                        out_shardings=mesh_lib.replicated(mesh))
+    query_batch = self._query_batch[mesh]
+    prompt, frozen = mesh_lib.on_mesh((prompt, frozen), mesh)
     arrays = self.queries
     num = len(arrays["label"])
     order = batches_lib.length_order(arrays)
@@ -162,17 +172,21 @@ class InRunTracIn:
     for batch in batches_lib.iterate_batches(arrays, self.batch_size, order,
                                              keys=("tokens", "mask", "label"),
                                              trim_multiple=batches_lib.TRIM_MULTIPLE):
-      batch_logits, batch_total, batch_classes, grads = self._query_batch(prompt, frozen, batch)
+      valid = batch["valid"]  # shard_batch may pad past the batch: read rows up to its size
+      batch_logits, batch_total, batch_classes, grads = query_batch(
+          prompt, frozen, mesh_lib.shard_batch(batch, mesh))
       total, class_sums = total + batch_total, class_sums + batch_classes
-      logits.append(np.asarray(batch_logits)[batch["valid"]])
+      logits.append(mesh_lib.host_value(batch_logits)[:len(valid)][valid])
       if grads is not None:
-        rows.append(grads[np.flatnonzero(batch["valid"])])
+        rows.append(mesh_lib.host_value(grads)[:len(valid)][valid])
     features = {"mean": total / max(num, 1), "class_sums": class_sums}
     if self.top_k:
-      features["grads"] = jnp.zeros_like(jnp.concatenate(rows)).at[order].set(jnp.concatenate(rows))
-    in_order = np.empty((num, self.num_classes), np.float32)
-    in_order[order] = np.concatenate(logits)
-    return features, in_order
+      in_order = np.empty((num,) + rows[0].shape[1:], rows[0].dtype)
+      in_order[order] = np.concatenate(rows)
+      features["grads"] = mesh_lib.replicate(in_order, mesh)
+    logits_in_order = np.empty((num, self.num_classes), np.float32)
+    logits_in_order[order] = np.concatenate(logits)
+    return features, logits_in_order
 
   # ---- accumulation (inside the jitted training step) ----
 

@@ -219,7 +219,7 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     first_step = int(mesh_lib.host_value(state.step))
     losses, seen, epoch_start = [], 0, time.time()
     if in_run is not None and query_features is None:
-      query_features, _ = in_run.query_pass(state.prompt, frozen)
+      query_features, _ = in_run.query_pass(state.prompt, frozen, mesh)
     bar = tqdm(batches_lib.iterate_batches(train, batch_size, order, keys=train_keys),
                total=steps_per_epoch,
                desc=f"{files.basename(round_dir)} epoch {epoch}/{num_epochs}", disable=not progress,
@@ -245,7 +245,7 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     if (in_run is not None and epoch < num_epochs and in_run.queries is not None
         and in_run.queries is splits.get("validation")):
       # One forward + backward pass gives this epoch's evaluation and the next one's queries.
-      query_features, logits = in_run.query_pass(state.prompt, frozen)
+      query_features, logits = in_run.query_pass(state.prompt, frozen, mesh)
       record["validation"] = classification_metrics(logits, splits["validation"]["label"])
     elif "validation" in splits:
       record["validation"] = evaluate(spec, state.prompt, frozen, splits["validation"],
