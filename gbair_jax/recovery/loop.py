@@ -5,6 +5,10 @@ round ends by writing `round_<r>/round.json`; a rerun of the same command skips 
 rounds and finished epochs, so a killed run ends with the same ledger and report. The run
 directory is locked while a command writes it, and the ledger is checked on every start.
 
+With `gate=True` (gin `run.gate`; the default policy in gin/runs/base.gin) a round whose
+model is worse than the last accepted one on a held-out slice of validation undoes the
+previous round's relabels and halves the budget (recovery/gate.py).
+
 With `review=True` (`gbair run --review`) a recovery round stops after selection, before
 any label changes, and leaves `round_<r>/proposals.json` plus the evidence for
 `gbair review`; the reviewer's decisions become the round's ledger lines, and rerunning
