@@ -7,6 +7,7 @@ import numpy as np
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "terrible", "nasty", "ugly"]
+NEUTRAL = ["plain", "usual", "average", "normal", "okay", "standard"]
 
 
 def synthetic_split(num: int, seed: int, id_offset: int = 0, corrupt: int = 0) -> dict[str, np.ndarray]:
@@ -20,6 +21,24 @@ def synthetic_split(num: int, seed: int, id_offset: int = 0, corrupt: int = 0) -
     texts.append(" ".join(words))
   label = labels.copy()
   label[:corrupt] = 1 - label[:corrupt]
+  return {"example_id": np.arange(id_offset, id_offset + num, dtype=np.int64),
+          "text": np.array(texts, dtype=object), "label": label, "original_label": labels,
+          "is_corrupted": np.arange(num) < corrupt}
+
+
+def synthetic_three_class_split(num: int, seed: int, id_offset: int = 0,
+                                 corrupt: int = 0) -> dict[str, np.ndarray]:
+  """Three-class texts: label 0 negative, 1 neutral, 2 positive words. `corrupt` moves the
+  first rows' labels to another class (+1 or +2 modulo 3, alternating)."""
+  rng = np.random.default_rng(seed)
+  labels = (np.arange(num) % 3)[rng.permutation(num)].astype(np.int32)
+  texts = []
+  for label in labels:
+    words = rng.choice((NEGATIVE, NEUTRAL, POSITIVE)[label], 3).tolist() + ["the", "movie"]
+    rng.shuffle(words)
+    texts.append(" ".join(words))
+  label = labels.copy()
+  label[:corrupt] = (label[:corrupt] + 1 + np.arange(corrupt) % 2) % 3
   return {"example_id": np.arange(id_offset, id_offset + num, dtype=np.int64),
           "text": np.array(texts, dtype=object), "label": label, "original_label": labels,
           "is_corrupted": np.arange(num) < corrupt}

@@ -10,7 +10,7 @@ import pytest
 
 from gbair_jax.recovery import benchmark
 from gbair_jax.train.metrics import average_precision
-from tests.helpers import write_sentiment_csv
+from tests.helpers import synthetic_three_class_split, write_sentiment_csv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,6 +148,52 @@ def test_tiny_suite_end_to_end(tiny_suite, tmp_path):
   config_lib2.parse_gin([tiny_suite])
   with pytest.raises(UserError, match="different gin config"):
     benchmark.benchmark(out, seeds_override=[1, 3])
+
+
+def test_three_class_suite_end_to_end(tmp_path):
+  """A tiny three-class suite through `benchmark`: the vote, AUM and the baselines run,
+  detection metrics come out, and benchmark.md says what AUC and F1 mean for C > 2."""
+  import csv
+  from gbair_jax import config as config_lib
+  split = synthetic_three_class_split(150, 0)
+  names = ("negative", "neutral", "positive")
+  with open(tmp_path / "data.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["text", "label"])
+    writer.writerows((t, names[y]) for t, y in zip(split["text"], split["label"]))
+  gin_file = tmp_path / "three.gin"
+  gin_file.write_text(f"""
+include 'gin/models/tiny_bert.gin'
+include 'gin/data/user_csv.gin'
+import gbair_jax.recovery.loop
+import gbair_jax.recovery.benchmark
+USER_TRAIN_FILE = '{tmp_path / "data.csv"}'
+USER_LABEL_NAMES = {names!r}
+CORRUPTION_RATE = 0.3
+build_classifier.prompt_length = 4
+build_experiment.sequence_length = 12
+train_prompt.num_epochs = 2
+train_prompt.batch_size = 16
+train_prompt.tensorboard = False
+selection_size.select_count = 5
+run.num_rounds = 1
+run.progress = False
+benchmark.strategies = ['class_vote_knn', 'aum', 'loss', 'confident_learning']
+confident_learning_strategy.num_folds = 2
+benchmark.seeds = (3,)
+""")
+  config_lib.parse_gin([str(gin_file)])
+  out = str(tmp_path / "bench")
+  summary = json.loads(json.dumps(benchmark.benchmark(out)))
+  assert summary["label_names"] == list(names)
+  for name in ("class_vote_knn", "aum", "loss"):
+    stats = summary["strategies"][name]
+    assert 0.0 <= stats["final_test_auc"]["mean"] <= 1.0
+    assert stats["detection_auroc"]["mean"] is not None
+    # No threshold for three classes: F1@t falls back to the argmax F1.
+    assert stats["final_test_f1_at_threshold"]["values"] == stats["final_test_f1"]["values"]
+  markdown = open(os.path.join(out, "benchmark.md")).read()
+  assert "3 classes (negative, neutral, positive): test AUC is the macro one-vs-rest" in markdown
 
 
 def _gbair(*args):

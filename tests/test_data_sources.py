@@ -1,4 +1,5 @@
-"""The offline tasks (insults, rotten_tomatoes): counts, splits, unescaping, stable ids.
+"""The offline tasks (insults, rotten_tomatoes, tweet_sentiment): counts, splits, unescaping,
+stable ids.
 
 Also runs gin/data/insults.gin the way `gbair data describe` does.
 """
@@ -12,6 +13,7 @@ from gbair_jax.data import dataset
 from gbair_jax.data import example_ids
 from gbair_jax.data import sources
 from gbair_jax.data import table_files
+from gbair_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,6 +110,77 @@ def test_rotten_tomatoes_counts():
   again = sources.rotten_tomatoes_splits()
   for name in data.splits:
     np.testing.assert_array_equal(data.splits[name]["example_id"], again[name]["example_id"])
+
+
+def test_tweet_sentiment_counts_balanced_and_stable():
+  data = dataset.load_data("tweet_sentiment")
+  sizes = {name: len(split["label"]) for name, split in data.splits.items()}
+  assert sizes == {"train": 5070, "validation": 633, "test": 633}
+  assert data.label_names == ("negative", "neutral", "positive") and data.num_classes == 3
+  for split in data.splits.values():  # stratified and balanced: every split has 1/3 each
+    counts = np.bincount(split["label"], minlength=3)
+    assert counts.max() - counts.min() == 0
+  ids = np.concatenate([s["example_id"] for s in data.splits.values()])
+  texts = np.concatenate([s["text"] for s in data.splits.values()])
+  assert len(np.unique(ids)) == len(set(texts)) == 6336  # no duplicate text across splits
+  assert all(t == " ".join(t.split()) and t for t in texts)
+  again = sources.tweet_sentiment_splits()
+  for name in data.splits:
+    np.testing.assert_array_equal(data.splits[name]["example_id"], again[name]["example_id"])
+  # Mac Roman, not UTF-8: "I\xd5m" is "I’m", and no byte was left undecoded.
+  assert any("’" in t for t in texts)
+  assert not any("\ufffd" in t or "\r" in t for t in texts)
+
+
+def _write_tweets(path, rows):
+  with open(path, "wb") as f:
+    f.write(b"sentiment,confidence,text\r\n")
+    for sentiment, confidence, text in rows:
+      f.write(f'{sentiment},{confidence},"{text}"\r\n'.encode("mac_roman"))
+
+
+def test_tweet_sentiment_filters_dedupes_and_balances(tmp_path):
+  path = str(tmp_path / "tweets.csv")
+  _write_tweets(path, [
+      ("negative", "1", "delayed   again\r\rugh"),   # row 1
+      ("negative", "1", "delayed again ugh"),          # the same text after spacing: dropped
+      ("neutral", "1", "flight at noon"),
+      ("positive", "1", "flight at noon"),             # conflicting labels: both dropped
+      ("positive", "1", "I’m so happy"),
+      ("positive", "1", "great crew"),
+      ("neutral", "0.6", "gate B"),                   # below min_confidence 1.0
+      ("neutral", "", "no confidence"),               # published without one
+      ("neutral", "1", "boarding now"),
+  ])
+  everything = sources.tweet_sentiment_splits(balance_classes=False, validation_fraction=0.0,
+                                              test_fraction=0.0, path=path)["train"]
+  assert list(everything["text"]) == ["delayed again ugh", "I’m so happy", "great crew",
+                                      "boarding now"]
+  assert list(everything["label"]) == [0, 2, 2, 1]
+  # The kept duplicate has the id of its first row.
+  assert everything["example_id"][0] == example_ids.stable_example_id(
+      "tweet_sentiment", sources.TWEET_SENTIMENT_FILE, 1)
+  loose = sources.tweet_sentiment_splits(min_confidence=None, balance_classes=False,
+                                         validation_fraction=0.0, test_fraction=0.0,
+                                         path=path)["train"]
+  assert {"gate B", "no confidence"} <= set(loose["text"])
+  balanced = sources.tweet_sentiment_splits(validation_fraction=0.0, test_fraction=0.0,
+                                            path=path)["train"]
+  assert np.bincount(balanced["label"]).tolist() == [1, 1, 1]
+  with pytest.raises(UserError, match="min_confidence = 2"):
+    sources.tweet_sentiment_splits(min_confidence=2, path=path)
+  _write_tweets(path, [("happy", "1", "x")])
+  with pytest.raises(UserError, match="label 'happy' is not one of"):
+    sources.tweet_sentiment_splits(path=path)
+
+
+def test_read_table_with_another_encoding(tmp_path):
+  path = tmp_path / "latin.csv"
+  path.write_bytes("text\ncaf\u00e9\n".encode("latin-1"))
+  with pytest.raises(UserError, match="not UTF-8"):
+    table_files.read_table(str(path), "csv")
+  table = table_files.read_table(str(path), "csv", encoding="latin-1")
+  assert table.rows[0][1]["text"] == "caf\u00e9"
 
 
 def test_insults_gin_file_with_corruption_override():

@@ -13,9 +13,10 @@ from gbair_jax.models.bert import tiny_bert
 from gbair_jax.models.classifier import build_classifier
 from gbair_jax.recovery import actions, loop
 from gbair_jax.train.experiment import Experiment
-from tests.helpers import synthetic_split
+from tests.helpers import synthetic_split, synthetic_three_class_split
 
 LABELS = ("negative", "positive")
+THREE_LABELS = ("negative", "neutral", "positive")
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,17 @@ def experiment():
       "train": synthetic_split(64, 0, corrupt=16), "validation": synthetic_split(32, 1, 1000),
       "test": synthetic_split(32, 2, 2000)})
   return Experiment(data=data, spec=build_classifier(backbone, LABELS, prompt_length=4),
+                    frozen=backbone.load_params(), sequence_length=12)
+
+
+@pytest.fixture(scope="module")
+def three_class_experiment():
+  backbone = tiny_bert()
+  data = LabeledData(task="synthetic3", label_names=THREE_LABELS, splits={
+      "train": synthetic_three_class_split(48, 0, corrupt=12),
+      "validation": synthetic_three_class_split(24, 1, 1000),
+      "test": synthetic_three_class_split(24, 2, 2000)})
+  return Experiment(data=data, spec=build_classifier(backbone, THREE_LABELS, prompt_length=4),
                     frozen=backbone.load_params(), sequence_length=12)
 
 
@@ -239,3 +251,110 @@ def test_margin_loss_gradient_is_the_label_free_loss_difference(experiment):
   margin = per_example_grads(MarginLoss(spec), prompt, experiment.frozen, batch)
   np.testing.assert_allclose(np.asarray(margin), np.asarray(as_label(0) - as_label(1)),
                              rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["tracin_opponents", "class_vote", "class_vote_knn", "loss",
+                                      "confident_learning", "aum", "random", "oracle",
+                                      "self_influence"])
+def test_every_strategy_relabels_with_three_classes(three_class_experiment, tmp_path, strategy):
+  gin.bind_parameter("confident_learning_strategy.num_folds", 2)
+  out = str(tmp_path / strategy)
+  report = loop.run(out, num_rounds=1, strategy=strategy, references=(),
+                    experiment=three_class_experiment, progress=False)
+  assert 0 < report["rounds"][0]["selected"] <= 6 or strategy == "confident_learning"
+  scores = np.load(os.path.join(out, "round_0", "scores.npz"))["score"]
+  assert scores.shape == (48,) and not np.isnan(scores).any()
+  for entry in read_ledger(os.path.join(out, "ledger.jsonl")):
+    assert entry.new_label in (0, 1, 2) and entry.new_label != entry.old_label
+  test = report["rounds"][-1]["test"]
+  assert 0.0 <= test["auc"] <= 1.0 and 0.0 <= test["f1"] <= 1.0  # macro one-vs-rest, macro F1
+  assert "threshold" not in test
+
+
+def test_most_likely_other_and_three_class_vote_scores_by_hand():
+  from gbair_jax.recovery.gradient_vote import most_likely_other, vote_scores
+  logits = np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [0.0, 0.0, 5.0]])
+  np.testing.assert_array_equal(most_likely_other(logits, np.array([0, 1, 2])), [1, 0, 0])
+  votes = np.array([[0.1, 0.5, 0.9], [0.1, 0.5, 0.9], [0.2, np.nan, 0.4]])
+  # Row 0: label 0, other 2; row 1: label 2, other 1; row 2: its other class has no voter.
+  np.testing.assert_allclose(vote_scores(votes, np.array([0, 2, 2]), np.array([2, 1, 1])),
+                             [0.8, -0.4, -np.inf])
+
+
+def test_pair_margin_loss_is_the_loss_difference_of_each_rows_pair(three_class_experiment):
+  import jax
+  from gbair_jax.influence.per_example_grads import per_example_grads
+  from gbair_jax.recovery.gradient_vote import MarginLoss
+  exp = three_class_experiment
+  tokens = exp.tokenize(exp.data.splits["train"])
+  batch = {k: tokens[k][:4] for k in ("tokens", "mask")}
+  batch["valid"] = np.ones(4, bool)
+  prompt = exp.spec.initial_prompt(jax.random.PRNGKey(0), exp.frozen)
+  as_label = lambda y: np.asarray(per_example_grads(
+      exp.spec.example_losses, prompt, exp.frozen, {**batch, "label": np.asarray(y, np.int32)}))
+  low, high = np.array([0, 0, 1, 0], np.int32), np.array([1, 2, 2, 2], np.int32)
+  margin = per_example_grads(MarginLoss(exp.spec), prompt, exp.frozen,
+                             {**batch, "margin_low": low, "margin_high": high})
+  # d(logit_high - logit_low) = g(z, low) - g(z, high) for softmax cross-entropy.
+  np.testing.assert_allclose(np.asarray(margin), as_label(low) - as_label(high),
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_three_class_vote_matches_a_brute_force_computation(three_class_experiment):
+  """class_vote on three classes against the definition, one example at a time: each
+  training example's margin towards its most likely other class, centred and voted on by
+  the validation examples of those two classes only."""
+  import jax
+  from gbair_jax.influence.per_example_grads import per_example_grads
+  from gbair_jax.recovery.context import RoundContext
+  from gbair_jax.recovery.gradient_vote import MarginLoss, class_vote_scores
+  from gbair_jax.train.trainer import predict_logits
+  exp = three_class_experiment
+  train = exp.tokenize(exp.data.splits["train"])
+  validation = exp.tokenize(exp.data.splits["validation"])
+  base = np.asarray(exp.spec.initial_prompt(jax.random.PRNGKey(0), exp.frozen))
+  noise = np.random.default_rng(0).normal(size=base.shape).astype(base.dtype)
+  checkpoints = [(base, 0.5), (base + 0.3 * noise, 0.25)]
+  train_logits = predict_logits(exp.spec, checkpoints[-1][0], exp.frozen, train)
+  ctx = RoundContext(spec=exp.spec, frozen=exp.frozen, train=train, validation=validation,
+                     checkpoints=checkpoints, final_prompt=checkpoints[-1][0],
+                     train_logits=train_logits, validation_logits=predict_logits(
+                         exp.spec, checkpoints[-1][0], exp.frozen, validation),
+                     seed=0, batch_size=8, progress=False)
+  for neighbours in (None, 3):
+    scores = class_vote_scores(ctx, neighbours, center=True)
+
+    def margins(arrays, rows, low, high, prompt):
+      batch = {"tokens": arrays["tokens"][rows], "mask": arrays["mask"][rows],
+               "valid": np.ones(len(rows), bool),
+               "margin_low": np.full(len(rows), low, np.int32),
+               "margin_high": np.full(len(rows), high, np.int32)}
+      return np.asarray(per_example_grads(MarginLoss(exp.spec), prompt, exp.frozen, batch),
+                        np.float64)
+
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    for i, label in enumerate(train["label"]):
+      logits = train_logits[i].copy()
+      logits[label] = -np.inf
+      other = int(np.argmax(logits))
+      low, high = min(label, other), max(label, other)
+      voters = np.flatnonzero(np.isin(validation["label"], [low, high]))
+      kernel = 0.0
+      for prompt, lr in checkpoints:
+        v = margins(validation, voters, low, high, prompt)
+        z = margins(train, np.array([i]), low, high, prompt)
+        mean = v.mean(axis=0)
+        kernel = kernel + lr * unit(z - mean) @ unit(v - mean).T
+      kernel = kernel[0]
+      def vote(k):
+        values = kernel[validation["label"][voters] == k]
+        return np.sort(values)[-neighbours:].mean() if neighbours else values.mean()
+      np.testing.assert_allclose(scores[i], vote(other) - vote(label), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["tracin_opponents", "aum"])
+def test_in_run_scoring_with_three_classes(three_class_experiment, tmp_path, strategy):
+  gin.parse_config("tracin.source = 'in_run'")
+  report = loop.run(str(tmp_path / strategy), num_rounds=1, strategy=strategy, references=(),
+                    experiment=three_class_experiment, progress=False)
+  assert report["rounds"][0]["selected"] == 6

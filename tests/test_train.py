@@ -134,6 +134,21 @@ def test_threshold_chosen_on_validation_by_hand():
   assert set(three) == {"accuracy", "f1", "auc"}
 
 
+def test_three_class_metrics_are_macro_one_vs_rest_by_hand():
+  probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.5, 0.2, 0.3], [0.1, 0.3, 0.6]])
+  labels = np.array([0, 1, 2, 2])
+  got = classification_metrics(np.log(probs), labels)
+  # Predicted 0, 1, 0, 2. Per-class F1 2/3, 1, 2/3. One-vs-rest AUC of p(c): 1, 1, and for
+  # class 2 positives .3, .6 against .1, .3: (1 + 0.5 + 1 + 1) / 4.
+  assert got["accuracy"] == pytest.approx(0.75)
+  assert got["f1"] == pytest.approx(7 / 9)
+  assert got["auc"] == pytest.approx((1 + 1 + 0.875) / 3)
+  # A class absent from the labels has no AUC (no positive): the mean is over the others,
+  # each 0.5 here (.6 and .1 against .2 and .5; .5 and .2 against .3 and .3).
+  two_present = classification_metrics(np.log(probs), np.array([0, 1, 1, 0]))
+  assert two_present["auc"] == pytest.approx((0.5 + 0.5) / 2)
+
+
 def test_test_metrics_use_the_validation_threshold(setup, tmp_path):
   result = _train(setup, tmp_path / "t", num_epochs=2)
   threshold = result.metrics["epochs"][-1]["validation"]["threshold"]

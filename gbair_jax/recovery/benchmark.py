@@ -212,6 +212,7 @@ def benchmark(output_dir: str, strategies: list[str] = gin.REQUIRED,
     summary = files.finite_json({
         "suite": name or files.basename(output_dir.rstrip("/")),
         "task": experiment.data.task,
+        "label_names": list(experiment.data.label_names),
         "command": command,
         "default_strategy": default_strategy(),
         "seeds": seeds,

@@ -22,13 +22,20 @@ influence). On development seed 1 of `insults_uniform --quick` (one weak round-0
 test AUC 0.64; tuning, not a result) the detection AUROC of the round-0 scores was 0.50
 uncentred, 0.76 centred (`class_vote`), 0.86 / 0.89 / 0.89 with 5 / 10 / 20 neighbours
 (`class_vote_knn` keeps 20), against 0.80 for tracin_opponents and 0.67 for loss.
-Two classes only (the margin gradient of more classes needs a target class).
+
+More than two classes: the margin is taken towards the example's most likely other class o
+(the largest logit but its label y's, at the final prompt; issue 12). Each pair of classes
+{a < b} has its own label-free margin gradient u_ab = d(logit_b - logit_a)/d(prompt), its
+own centre m_ab, and its voters: the validation examples of classes a and b. A training
+example of pair {y, o} is scored S_o - S_y in that pair's space; validation examples of the
+other classes do not vote. With two classes every example's pair is {0, 1}: the vote above.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import gin
+import jax.numpy as jnp
 import numpy as np
 
 from gbair_jax.errors import UserError
@@ -36,19 +43,34 @@ from gbair_jax.influence import tracin
 from gbair_jax.models.classifier import ClassifierSpec
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery.registry import register
-from gbair_jax.recovery.tracin_strategies import _batches, _in_train_order
+from gbair_jax.train import batches as batches_lib
+
+
+# Batch keys naming each row's class pair {low < high}; without them the pair is {0, 1}.
+PAIR_KEYS = ("margin_low", "margin_high")
 
 
 @dataclasses.dataclass(frozen=True)
 class MarginLoss:
-  """logit_1 - logit_0 per example, in the TracIn engine's loss contract; its gradient is
-  the label-free margin gradient u(z). Hashable (a jit static argument) through `spec`."""
+  """logit_high - logit_low per example (`margin_low` / `margin_high` in the batch, else
+  logit_1 - logit_0), in the TracIn engine's loss contract; its gradient is the label-free
+  margin gradient u(z). Hashable (a jit static argument) through `spec`."""
 
   spec: ClassifierSpec
 
   def __call__(self, prompt, frozen, batch, per_example_prompt=None):
     logits = self.spec.logits(prompt, frozen, batch["tokens"], batch["mask"], per_example_prompt)
-    return (logits[:, 1] - logits[:, 0]).astype("float32")
+    if PAIR_KEYS[0] not in batch:
+      return (logits[:, 1] - logits[:, 0]).astype("float32")
+    rows = jnp.arange(logits.shape[0])
+    return (logits[rows, batch[PAIR_KEYS[1]]] - logits[rows, batch[PAIR_KEYS[0]]]).astype("float32")
+
+
+def most_likely_other(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """The class with the largest logit other than each row's label (ties: lowest index)."""
+  others = np.asarray(logits, np.float64).copy()
+  others[np.arange(len(labels)), labels] = -np.inf
+  return others.argmax(axis=1)
 
 
 def class_votes(kernel: np.ndarray, query_labels: np.ndarray, num_classes: int,
@@ -66,10 +88,13 @@ def class_votes(kernel: np.ndarray, query_labels: np.ndarray, num_classes: int,
   return votes
 
 
-def vote_scores(votes: np.ndarray, labels: np.ndarray) -> np.ndarray:
-  """S_other - S_label for two classes; -inf where a class had no voter."""
+def vote_scores(votes: np.ndarray, labels: np.ndarray,
+                others: np.ndarray | None = None) -> np.ndarray:
+  """S_other - S_label per row (`others` default: the other of two classes); -inf where a
+  class had no voter."""
   rows = np.arange(len(labels))
-  score = votes[rows, 1 - labels] - votes[rows, labels]
+  others = 1 - labels if others is None else others
+  score = votes[rows, others] - votes[rows, labels]
   return np.where(np.isfinite(score), score, -np.inf)
 
 
@@ -77,40 +102,69 @@ def _unit(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-30)
 
 
+def _pair_batches(ctx: RoundContext, arrays: dict[str, np.ndarray], low, high):
+  """Batches of `arrays` as TracIn scores them (shortest first, padding trimmed), with each
+  row's class pair as batch keys (`low` / `high` arrays, or scalars for every row)."""
+  num = len(arrays["label"])
+  arrays = {**arrays, PAIR_KEYS[0]: np.broadcast_to(np.asarray(low, np.int32), (num,)),
+            PAIR_KEYS[1]: np.broadcast_to(np.asarray(high, np.int32), (num,))}
+  return batches_lib.iterate_batches(arrays, ctx.batch_size, batches_lib.length_order(arrays),
+                                     keys=batches_lib.MODEL_KEYS + PAIR_KEYS,
+                                     trim_multiple=batches_lib.TRIM_MULTIPLE)
+
+
 def class_vote_scores(ctx: RoundContext, neighbours: int | None, center: bool) -> np.ndarray:
   """S_other - S_label for every training example (see the module docstring).
 
-  One streamed pass over the training set: the validation set's margin gradients are held
-  ([checkpoints, M, P x D]), each training batch's are centred, normalised and voted at
-  once. With several processes every process scores the whole training set.
+  One streamed pass over the training set: each class pair's validation margin gradients
+  are held ([checkpoints, M_pair, P x D] for each pair some training example needs; one pair
+  for two classes), each training batch's are centred, normalised and voted at once. With several processes every
+  process scores the whole training set.
   """
-  if len(ctx.spec.label_names) != 2:
-    raise UserError(f"recovery strategies 'class_vote*' need 2 classes; this task has "
-                    f"{len(ctx.spec.label_names)}")
   if neighbours is not None and (isinstance(neighbours, bool) or not isinstance(neighbours, int)
                                  or neighbours < 1):
     raise UserError(f"class_vote_knn.neighbours = {neighbours!r}: must be an integer >= 1")
+  num_classes = len(ctx.spec.label_names)
   loss = MarginLoss(ctx.spec)
-  queries = tracin.query_gradients(loss, ctx.checkpoints, ctx.frozen, _batches(ctx, ctx.validation))
+  labels = np.asarray(ctx.train["label"])
+  others = (1 - labels if num_classes == 2
+            else most_likely_other(ctx.train_logits, labels))
+  low, high = np.minimum(labels, others), np.maximum(labels, others)
   label_of = dict(zip(ctx.validation["example_id"].tolist(), ctx.validation["label"].tolist()))
-  query_labels = np.array([label_of[int(i)] for i in queries.example_ids])
-  voters = queries.features.astype(np.float64)                      # [C, M, k]
-  means = voters.mean(axis=1, keepdims=True) if center else np.zeros_like(voters[:, :1])
-  voters = _unit(voters - means)
   rates = np.array([lr for _, lr in ctx.checkpoints], np.float64)
-  ids, votes = [], []
-  for batch in _batches(ctx, ctx.train):
-    if not np.asarray(batch["valid"]).any():
+  voters, means, voter_labels = {}, {}, {}
+  for pair in sorted(set(zip(low.tolist(), high.tolist()))):
+    # The pair's voters: the validation examples of its two classes (all of them for C = 2).
+    in_pair = np.isin(ctx.validation["label"], pair)
+    if not in_pair.any():
+      continue  # no voter: the pair's examples score -inf
+    pair_validation = {k: v[in_pair] for k, v in ctx.validation.items()}
+    queries = tracin.query_gradients(loss, ctx.checkpoints, ctx.frozen,
+                                     _pair_batches(ctx, pair_validation, *pair))
+    voter_labels[pair] = np.array([label_of[int(i)] for i in queries.example_ids])
+    features = queries.features.astype(np.float64)                    # [C, M, k]
+    means[pair] = (features.mean(axis=1, keepdims=True) if center
+                   else np.zeros_like(features[:, :1]))
+    voters[pair] = _unit(features - means[pair])
+  position = {int(i): n for n, i in enumerate(ctx.train["example_id"])}
+  rows_of, own_votes = [], []
+  for batch in _pair_batches(ctx, ctx.train, low, high):
+    valid = np.asarray(batch["valid"], bool)
+    if not valid.any():
       continue
     own = tracin.query_gradients(loss, ctx.checkpoints, ctx.frozen, [batch])
-    features = _unit(own.features.astype(np.float64) - means)       # [C, b, k]
-    kernel = np.einsum("c,cbk,cmk->bm", rates, features, voters)
-    ids.append(own.example_ids)
-    votes.append(class_votes(kernel, query_labels, 2, neighbours))
-  votes = np.concatenate(votes)
-  ids = np.concatenate(ids)
-  per_class = [_in_train_order(ctx, ids, votes[:, k]) for k in range(2)]
-  return vote_scores(np.stack(per_class, axis=1), ctx.train["label"])
+    rows = np.array([position[int(i)] for i in own.example_ids], np.int64)
+    votes = np.full((len(rows), num_classes), np.nan)
+    for pair in set(zip(low[rows].tolist(), high[rows].tolist())) & set(voters):
+      members = (low[rows] == pair[0]) & (high[rows] == pair[1])
+      features = _unit(own.features[:, members].astype(np.float64) - means[pair])  # [C, b, k]
+      kernel = np.einsum("c,cbk,cmk->bm", rates, features, voters[pair])
+      votes[members] = class_votes(kernel, voter_labels[pair], num_classes, neighbours)
+    rows_of.append(rows)
+    own_votes.append(votes)
+  votes = np.full((len(labels), num_classes), np.nan)
+  votes[np.concatenate(rows_of)] = np.concatenate(own_votes)
+  return vote_scores(votes, labels, others)
 
 
 @register("class_vote")

@@ -39,6 +39,12 @@ def format_markdown(summary: dict) -> str:
   if summary.get("development_seeds"):
     lines.append(f"Seeds below 100 ({', '.join(map(str, summary['development_seeds']))}) are "
                  "development seeds: a smoke test or for tuning, not results to report.")
+  label_names = summary.get("label_names") or []
+  if len(label_names) > 2:
+    lines += ["", f"{len(label_names)} classes ({', '.join(label_names)}): test AUC is the macro "
+              "one-vs-rest ROC AUC, F1 the macro F1 at the argmax (no threshold, so F1@t = F1); "
+              "relabels go to the model's most likely other class, and precision counts changed "
+              "labels that were corrupted even when the new label is still wrong."]
   refs = summary["references"]
   lines += ["", f"References (test AUC): round 0 (no recovery) {_cell(refs['round0_test_auc'], '')}"
             f", clean labels {_cell(refs['clean_test_auc'], '')}.", ""]

@@ -1,7 +1,8 @@
 """Classification metrics for evaluation: accuracy, F1 and ROC AUC, in numpy.
 
 F1 is the positive class's (label 1) for binary tasks and macro F1 for C > 2; AUC is the
-binary ROC AUC of p(label 1), or the macro one-vs-rest AUC for C > 2.
+binary ROC AUC of p(label 1), or the macro one-vs-rest AUC for C > 2 (the mean over classes
+of the ROC AUC of p(c) for c against the rest; a class with no example is left out).
 
 `accuracy` and `f1` are at the argmax (p(label 1) >= 0.5 for two classes). Binary tasks
 also get `accuracy_at_threshold` / `f1_at_threshold` at a decision threshold on
