@@ -63,7 +63,7 @@ class BpeVocabulary(seqio.Vocabulary):
   """A byte-level BPE `tokenizers.Tokenizer` with the model's special ids, for seqio.
 
   `encode` never adds special tokens (seqio's convention); `add_bos` tells callers that
-  build model inputs (e.g. `encode_texts`) whether the model expects BOS first.
+  build model inputs (the backbone's `TextFeature.add_bos`) whether the model expects BOS first.
   """
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, *, eos_id: int | None,
@@ -212,3 +212,6 @@ class BpeVocabulary(seqio.Vocabulary):
 
   def __hash__(self) -> int:
     return hash(self._fingerprint)
+
+  def __repr__(self) -> str:
+    return f"BpeVocabulary({self.vocab_size} tokens, sha256 {self._fingerprint[:12]})"

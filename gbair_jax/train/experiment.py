@@ -88,9 +88,11 @@ def check_inputs_feature(data: LabeledData, backbone) -> None:
   """The task tokenized with the classifier's vocabulary and special tokens (T5X checks its
   model's vocabularies against the task's the same way)."""
   if data.inputs_feature != backbone.inputs_feature:
+    describe = lambda f: (f"{f.vocabulary!r} (add_bos={f.add_bos}, add_eos={f.add_eos})"
+                          if f is not None else "nothing")
     raise UserError(
-        f"task {data.task!r} tokenizes with {data.inputs_feature!r}, but the classifier's "
-        f"backbone {backbone.name!r} reads {backbone.inputs_feature!r}: bind "
+        f"task {data.task!r} tokenizes with {describe(data.inputs_feature)}, but the "
+        f"classifier's backbone {backbone.name!r} reads {describe(backbone.inputs_feature)}: bind "
         "inputs_feature.backbone and build_classifier.backbone to the same backbone "
         "(gin/models/*.gin: both = %BACKBONE)")
 
