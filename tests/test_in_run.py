@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gbair_jax.data.features import tokenize_columns
 from gbair_jax.models.bert import tiny_bert
 from gbair_jax.models.classifier import build_classifier
 from gbair_jax.train import batches, checkpoints, in_run as in_run_lib
@@ -24,7 +25,7 @@ def setup():
   backbone = tiny_bert()
   spec = build_classifier(backbone, LABELS, prompt_length=4)
   frozen = backbone.load_params()
-  tok = lambda s: batches.tokenize_split(s, backbone, 12)
+  tok = lambda s: tokenize_columns(s, backbone.inputs_feature, 12)
   # 40 training rows with batch 16: the last batch of every epoch is padded.
   splits = {"train": tok(synthetic_split(40, 0, corrupt=6)),
             "validation": tok(synthetic_split(20, 1, 1000))}

@@ -125,7 +125,7 @@ def test_gin_files_select_the_llama_backbones(tiny):
   gin.clear_config()
   try:
     gin.parse_config_file(str(GIN_DIR / "smollm2.gin"))
-    assert gin.query_parameter("build_classifier.backbone").selector == "smollm2"
+    assert gin.query_parameter("%BACKBONE").selector == "smollm2"
     assert gin.query_parameter("smollm2.dtype") == "float32"
     gin.clear_config()
     gin.parse_config_file(str(GIN_DIR / "tiny_llama.gin"))

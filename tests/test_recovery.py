@@ -241,7 +241,7 @@ def test_margin_loss_gradient_is_the_label_free_loss_difference(experiment):
   import jax
   from gbair_jax.influence.per_example_grads import per_example_grads
   from gbair_jax.recovery.gradient_vote import MarginLoss
-  tokens = experiment.tokenize(experiment.data.splits["train"])
+  tokens = experiment.tokenized_splits()["train"]
   batch = {k: tokens[k][:4] for k in ("tokens", "mask")}
   batch["valid"] = np.ones(4, bool)
   prompt = experiment.spec.initial_prompt(jax.random.PRNGKey(0), experiment.frozen)

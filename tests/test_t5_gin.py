@@ -35,7 +35,7 @@ def test_size_files_bind_published_dimensions(size):
   path = GIN_DIR / f"t5_{size}.gin"
   gin.add_config_file_search_path(str(GIN_DIR.parent.parent))  # resolves 'gin/models/...'
   gin.parse_config_file(str(path))
-  assert gin.query_parameter("build_classifier.backbone").selector == "t5"
+  assert gin.query_parameter("%BACKBONE").selector == "t5"
   assert gin.query_parameter("t5.name") == f"t5_{size}"
   d_model, heads, layers, d_ff = PUBLISHED[size]
   config = t5.T5Config()  # what t5() builds the model from: the gin-bound dimensions

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from gbair_jax.data.features import tokenize_columns
 from gbair_jax.models.bert import tiny_bert
 from gbair_jax.models.classifier import build_classifier
 from gbair_jax.train import batches, checkpoints
@@ -21,7 +22,7 @@ def setup():
   backbone = tiny_bert()
   spec = build_classifier(backbone, LABELS, prompt_length=4)
   frozen = backbone.load_params()
-  tok = lambda s: batches.tokenize_split(s, backbone, 12)
+  tok = lambda s: tokenize_columns(s, backbone.inputs_feature, 12)
   splits = {"train": tok(synthetic_split(96, 0)), "validation": tok(synthetic_split(40, 1, 1000)),
             "test": tok(synthetic_split(40, 2, 2000))}
   return spec, frozen, splits
@@ -180,8 +181,8 @@ def test_predict_logits_with_trimmed_padding_equals_full_width(setup):
   backbone = tiny_bert()
   rng = np.random.default_rng(3)
   texts = [" ".join(rng.choice(["good", "bad", "movie", "the"], n)) for n in rng.integers(1, 30, 24)]
-  split = batches.tokenize_split({"text": np.array(texts, object), "label": np.zeros(24, np.int32),
-                                  "example_id": np.arange(24)}, backbone, 40)
+  split = tokenize_columns({"text": np.array(texts, object), "label": np.zeros(24, np.int32),
+                            "example_id": np.arange(24)}, backbone.inputs_feature, 40)
   prompt = spec.initial_prompt(jax.random.PRNGKey(0), frozen)
   full = np.asarray(make_logits_fn(spec)(prompt, frozen, split["tokens"], split["mask"]))
   trimmed = predict_logits(spec, prompt, frozen, split, batch_size=8)

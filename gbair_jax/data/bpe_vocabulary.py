@@ -16,6 +16,7 @@ import tensorflow as tf
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
+from gbair_jax.data.vocabularies import python_encode_tf
 from gbair_jax.errors import UserError
 
 # llama.cpp's GGUF token types (gguf.TokenType): CONTROL tokens are the chat/special markers.
@@ -62,7 +63,7 @@ class BpeVocabulary(seqio.Vocabulary):
   """A byte-level BPE `tokenizers.Tokenizer` with the model's special ids, for seqio.
 
   `encode` never adds special tokens (seqio's convention); `add_bos` tells callers that
-  build model inputs (e.g. `encode_texts`) whether the model expects BOS first.
+  build model inputs (the backbone's `TextFeature.add_bos`) whether the model expects BOS first.
   """
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, *, eos_id: int | None,
@@ -191,14 +192,7 @@ class BpeVocabulary(seqio.Vocabulary):
     return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-    s = tf.convert_to_tensor(s, tf.string)
-    if s.shape.rank == 0:
-      ids = tf.py_function(lambda x: np.asarray(self._encode(x.numpy().decode("utf-8")), np.int32),
-                           [s], tf.int32)
-      ids.set_shape([None])
-      return ids
-    # Ragged like seqio's SentencePieceVocabulary for batched strings.
-    return tf.map_fn(self._encode_tf, s, fn_output_signature=tf.RaggedTensorSpec([None], tf.int32))
+    return python_encode_tf(self._encode, s)  # the Rust tokenizer, called from tf.data
 
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
     ids = tf.convert_to_tensor(ids)
@@ -218,3 +212,6 @@ class BpeVocabulary(seqio.Vocabulary):
 
   def __hash__(self) -> int:
     return hash(self._fingerprint)
+
+  def __repr__(self) -> str:
+    return f"BpeVocabulary({self.vocab_size} tokens, sha256 {self._fingerprint[:12]})"

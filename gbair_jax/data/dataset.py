@@ -1,13 +1,15 @@
 """The data entry point: run a registered SeqIO task and return its splits as numpy columns.
 
-`load_data` is what the trainer, the recovery loop and `gbair data describe` call. It
-corrupts the training split only (gin `corrupt_labels.*`); validation and test are
-always the data as published.
+`load_data` is what the experiment, the recovery loop and `gbair data describe` call. Given
+a sequence length it reads the task's tokenized `inputs` (the backbone's vocabulary, see
+features.py) as `tokens`/`mask`. It corrupts the training split only (gin
+`corrupt_labels.*`); validation and test are always the data as published.
 """
 from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import Any
 
 import gin
 import numpy as np
@@ -15,6 +17,7 @@ import numpy as np
 from gbair_jax.data import columns as columns_lib
 from gbair_jax.data import corruption
 from gbair_jax.data import example_ids as ids_lib
+from gbair_jax.data import features as features_lib
 from gbair_jax.data import registration
 from gbair_jax.data import table_files
 from gbair_jax.data import tf_columns
@@ -29,14 +32,17 @@ class LabeledData:
     task: the task name.
     label_names: verbalizer per class, index = label id, e.g. ("not insult", "insult").
     splits: "train"/"validation"/"test" -> columns: example_id int64, text (object array
-      of str), label int32 (current), original_label int32, is_corrupted bool.
+      of str), label int32 (current), original_label int32, is_corrupted bool; and when
+      tokenized, tokens and mask int32 [N, sequence_length] (what the model is fed).
     rows_read: {path: data rows} of the CSV/TSV/JSONL files this load parsed.
+    inputs_feature: the `features.TextFeature` the tokens were made with (None: text only).
   """
 
   task: str
   label_names: tuple[str, ...]
   splits: dict[str, dict[str, np.ndarray]]
   rows_read: dict[str, int] = dataclasses.field(default_factory=dict)
+  inputs_feature: Any = None
 
   @property
   def num_classes(self) -> int:
@@ -47,7 +53,8 @@ class LabeledData:
 @gin.configurable
 def load_data(task: str = gin.REQUIRED, task_module: str | None = "tasks",
               max_train_examples: int | None = None, subset_seed: int = 0,
-              max_test_examples: int | None = None) -> LabeledData:
+              max_test_examples: int | None = None,
+              sequence_length: int | None = None) -> LabeledData:
   """Runs the SeqIO task `task` and applies label corruption to its training split.
 
   Args:
@@ -59,6 +66,9 @@ def load_data(task: str = gin.REQUIRED, task_module: str | None = "tasks",
     subset_seed: which subset.
     max_test_examples: evaluate on a seeded subset of the test split (slow backbones on a
       CPU, where scoring thousands of test texts per round dominates); None keeps all.
+    sequence_length: tokenize with the task's "inputs" feature (the gin-chosen backbone's,
+      `inputs_feature.backbone`) to this many tokens, special tokens included (the caller,
+      `build_experiment`, passes its own); None reads text only.
 
   Returns:
     The three splits; exactly round(CORRUPTION_RATE x N_train) training labels differ
@@ -68,20 +78,29 @@ def load_data(task: str = gin.REQUIRED, task_module: str | None = "tasks",
   label_names = tuple(entry.label_names())
   table_files.take_rows_read()  # count only the files this load reads
   splits = {}
-  for split in columns_lib.SPLITS:
-    dataset = entry.seqio_task.get_dataset(
-        sequence_length=None, split=split, shuffle=False, use_cached=False, num_epochs=1)
-    if split == "train":
-      if max_train_examples is not None:
-        dataset = _subset(dataset, max_train_examples, subset_seed, "max_train_examples")
-      dataset = corruption.corrupt_labels(dataset, num_classes=len(label_names))
-    if split == "test" and max_test_examples is not None:
-      dataset = _subset(dataset, max_test_examples, subset_seed, "max_test_examples")
-    splits[split] = tf_columns.from_dataset(dataset)
+  with entry.seqio_task.features_resolved(text_only=sequence_length is None) as output_features:
+    feature = output_features.get(features_lib.INPUTS)
+    if sequence_length is not None:
+      if feature is None:
+        raise UserError(f"task {task!r} has no tokenized inputs: no backbone is bound to "
+                        "inputs_feature.backbone (gin/models/*.gin bind it to %BACKBONE)")
+      feature.check_length(sequence_length)
+    lengths = None if feature is None else {features_lib.INPUTS: sequence_length}
+    for split in columns_lib.SPLITS:
+      dataset = entry.seqio_task.get_dataset(
+          sequence_length=lengths, split=split, shuffle=False, use_cached=False, num_epochs=1)
+      dataset = dataset.cache()  # the subset and corruption passes read it again
+      if split == "train":
+        if max_train_examples is not None:
+          dataset = _subset(dataset, max_train_examples, subset_seed, "max_train_examples")
+        dataset = corruption.corrupt_labels(dataset, num_classes=len(label_names))
+      if split == "test" and max_test_examples is not None:
+        dataset = _subset(dataset, max_test_examples, subset_seed, "max_test_examples")
+      splits[split] = features_lib.to_model_columns(dataset, feature, sequence_length)
   _check_labels(task, label_names, splits)
   _check_not_empty(task, label_names, splits)
   return LabeledData(task=task, label_names=label_names, splits=splits,
-                     rows_read=table_files.take_rows_read())
+                     rows_read=table_files.take_rows_read(), inputs_feature=feature)
 
 
 def _check_not_empty(task: str, label_names: tuple[str, ...],

@@ -35,7 +35,7 @@ def to_dataset(columns: Mapping[str, np.ndarray]) -> tf.data.Dataset:
 
 
 def from_dataset(dataset: tf.data.Dataset, batch_size: int = 65536) -> columns_lib.Columns:
-  """Reads a finite dataset of scalar features back into columns (text as Python str)."""
+  """Reads a finite dataset of fixed-shape features back into columns (text as Python str)."""
   names = list(dataset.element_spec)
   chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
   for batch in dataset.batch(batch_size).as_numpy_iterator():
@@ -46,7 +46,8 @@ def from_dataset(dataset: tf.data.Dataset, batch_size: int = 65536) -> columns_l
     if chunks[name]:
       values = np.concatenate(chunks[name])
     else:
-      values = np.zeros([0], dtype=dataset.element_spec[name].dtype.as_numpy_dtype)
+      spec = dataset.element_spec[name]
+      values = np.zeros([0, *spec.shape], dtype=spec.dtype.as_numpy_dtype)
     if name == "text":
       values = columns_lib.text_array([t.decode("utf-8") for t in values])
     elif name in columns_lib.DTYPES:

@@ -1,16 +1,20 @@
-"""SeqIO vocabularies for the backbones: BERT WordPiece (uncased) and SentencePiece (T5);
-byte-level BPE (LLaMA family) is bpe_vocabulary.py beside it.
+"""SeqIO vocabularies for the backbones: BERT WordPiece (uncased), SentencePiece (T5) and
+a word-hashing toy vocabulary (tiny test models); byte-level BPE (LLaMA family) is
+bpe_vocabulary.py beside it.
 
 `WordPieceVocabulary` reproduces BERT's uncased tokenizer (the one all-MiniLM-L6-v2 was
-trained with) in pure Python for `encode` and with tensorflow_text for `encode_tf`.
+trained with) with tensorflow_text for `encode_tf`, which the SeqIO tasks tokenize with, and
+in pure Python for `encode`, the reference the tests hold `encode_tf` to.
 """
 from __future__ import annotations
 
 import functools
 import os
 import unicodedata
-from typing import Sequence
+import zlib
+from typing import Callable, Sequence
 
+import numpy as np
 import seqio
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -83,8 +87,8 @@ def _split_words(text: str) -> list[str]:
 class WordPieceVocabulary(seqio.Vocabulary):
   """BERT uncased WordPiece over a `vocab.txt` (one piece per line, id = line number).
 
-  `eos_id` is [SEP]: SeqIO's `append_eos` then closes a sequence the way BERT does
-  ([CLS] is added by the backbone bundle's `encode_texts`).
+  `eos_id` is [SEP] and `bos_id` [CLS]: a `features.TextFeature` with add_bos and add_eos
+  then frames a sequence the way BERT does.
   """
 
   def __init__(self, vocab_path: str | os.PathLike, extra_ids: int = 0):
@@ -115,6 +119,10 @@ class WordPieceVocabulary(seqio.Vocabulary):
   @property
   def unk_id(self) -> int:
     return self._ids["[UNK]"]
+
+  @property
+  def bos_id(self) -> int:
+    return self._ids["[CLS]"]
 
   @property
   def cls_id(self) -> int:
@@ -203,8 +211,81 @@ class WordPieceVocabulary(seqio.Vocabulary):
   def __eq__(self, other) -> bool:
     return isinstance(other, WordPieceVocabulary) and self._pieces == other._pieces
 
+  def __repr__(self) -> str:
+    return f"WordPieceVocabulary({self._vocab_path!r})"
+
   def __hash__(self) -> int:
     return hash(self._vocab_path)
+
+
+def python_encode_tf(encode: Callable[[str], Sequence[int]], s: tf.Tensor) -> tf.Tensor:
+  """`_encode_tf` for a vocabulary whose tokenizer is Python: a string scalar -> int32 [N]
+  through `tf.py_function` (the same ids as `encode`), a batch -> int32 ragged [B, None]."""
+  s = tf.convert_to_tensor(s, tf.string)
+  if s.shape.rank == 0:
+    ids = tf.py_function(lambda x: np.asarray(encode(x.numpy().decode("utf-8")), np.int32),
+                         [s], tf.int32)
+    ids.set_shape([None])
+    return ids
+  return tf.map_fn(functools.partial(python_encode_tf, encode), s,
+                   fn_output_signature=tf.RaggedTensorSpec([None], tf.int32))
+
+
+class HashingVocabulary(seqio.Vocabulary):
+  """A toy word vocabulary with no file, for tiny random test models: lower-cased words,
+  split on whitespace, each hashed (crc32: stable across processes) to an id in
+  [first_word_id, size). Ids 0-4 are [PAD], [UNK], [CLS] (bos), [SEP] (eos), [MASK] as in
+  BERT's order. Decoding gives the ids back, since hashing forgets the words."""
+
+  first_word_id = 5
+
+  def __init__(self, size: int):
+    if size <= self.first_word_id:
+      raise UserError(f"a hashing vocabulary needs more than {self.first_word_id} ids, got {size}")
+    self._size = size
+    super().__init__(extra_ids=0)
+
+  @property
+  def pad_id(self) -> int:
+    return 0
+
+  @property
+  def unk_id(self) -> int:
+    return 1
+
+  @property
+  def bos_id(self) -> int:
+    return 2
+
+  @property
+  def eos_id(self) -> int:
+    return 3
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self._size
+
+  def _encode(self, s: str) -> Sequence[int]:
+    span = self._size - self.first_word_id
+    return [self.first_word_id + zlib.crc32(word.encode()) % span for word in s.lower().split()]
+
+  def _decode(self, ids: Sequence[int]) -> str:
+    return " ".join(f"<{int(i)}>" for i in ids if int(i) >= self.first_word_id)
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    return python_encode_tf(self._encode, s)
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    raise NotImplementedError("HashingVocabulary cannot decode in TensorFlow")
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, HashingVocabulary) and self._size == other._size
+
+  def __hash__(self) -> int:
+    return hash(("HashingVocabulary", self._size))
+
+  def __repr__(self) -> str:
+    return f"HashingVocabulary({self._size})"
 
 
 def sentencepiece_vocabulary(path: str | os.PathLike, extra_ids: int = 0,

@@ -52,19 +52,28 @@ class PretrainedBackbone:
     name: short name used in reports ("minilm", "t5_base", "smollm2", "tiny_bert").
     module: the Flax module fulfilling `Backbone`.
     load_params: returns the frozen weights as the module's "params" tree.
-    encode_texts: (texts, length) -> (tokens int32 [N, length], mask int32 [N, length]),
-      with the model's special tokens (e.g. [CLS] ... [SEP], or text + EOS), right padded.
+    inputs_feature: the `data.features.TextFeature` of the model's text input: its
+      `seqio.Vocabulary` and special tokens (e.g. [CLS] ... [SEP], or text + EOS). The
+      SeqIO tasks tokenize with it (gin `inputs_feature.backbone`).
     encode_classes: (label_strings) -> (tokens int32 [C, L], mask int32 [C, L]): the
       verbalizers in the form `score_classes` expects.
-    vocabulary: the `seqio.Vocabulary` of the model (None for toy test models).
   """
 
   name: str
   module: Any
   load_params: Callable[[], Params]
-  encode_texts: Callable[[Sequence[str], int], tuple[np.ndarray, np.ndarray]]
+  inputs_feature: Any
   encode_classes: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
-  vocabulary: Any = None
+
+  @property
+  def vocabulary(self) -> Any:
+    """The `seqio.Vocabulary` of the model's text input."""
+    return self.inputs_feature.vocabulary
+
+  def encode_texts(self, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, mask) int32 [N, length], right padded: the tasks' tokenization of `texts`."""
+    from gbair_jax.data import features  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    return features.encode_texts(self.inputs_feature, texts, length)
 
 
 def random_params(module: Any, seed: int = 0, vocab_size: int = 8) -> Params:

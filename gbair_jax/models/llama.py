@@ -320,18 +320,13 @@ def greedy_continuation(backbone: PretrainedBackbone, params: Params, text: str,
 
 # ---- bundles ---------------------------------------------------------------------------------
 
-def _text_encoder(vocabulary: BpeVocabulary, max_length: int, name: str):
-  """(texts, length) -> right-padded tokens and mask; BOS only if the model was trained so."""
-
-  def encode_texts(texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
-    if length > max_length:
-      raise UserError(f"text length {length} exceeds {name}'s context of {max_length} tokens")
-    prefix = [vocabulary.bos_id] if vocabulary.add_bos and vocabulary.bos_id is not None else []
-    # Keep the beginning: the verbalizer then continues the truncated text.
-    rows = [(prefix + ids)[:length] for ids in vocabulary.encode_batch(list(texts))]
-    return pad_rows(rows, length, vocabulary.pad_id)
-
-  return encode_texts
+def _inputs_feature(vocabulary: BpeVocabulary, max_length: int, name: str):
+  """Text as the model reads it: BOS only if the model was trained so, no EOS (the
+  verbalizer continues the text), truncated at the end (the beginning is kept)."""
+  from gbair_jax.data.features import TextFeature  # pylint: disable=g-import-not-at-top
+  return TextFeature(vocabulary, add_eos=False,
+                     add_bos=bool(vocabulary.add_bos and vocabulary.bos_id is not None),
+                     max_length=max_length, max_length_binding=f"{name}'s context (max_length)")
 
 
 def _class_encoder(vocabulary: BpeVocabulary):
@@ -354,8 +349,8 @@ def _cast(params: Params, dtype: str) -> Params:
 def _bundle(name: str, config: LlamaConfig, load_params, vocabulary: BpeVocabulary
             ) -> PretrainedBackbone:
   return PretrainedBackbone(name=name, module=LlamaBackbone(config), load_params=load_params,
-                            encode_texts=_text_encoder(vocabulary, config.max_length, name),
-                            encode_classes=_class_encoder(vocabulary), vocabulary=vocabulary)
+                            inputs_feature=_inputs_feature(vocabulary, config.max_length, name),
+                            encode_classes=_class_encoder(vocabulary))
 
 
 @gin.configurable

@@ -403,14 +403,6 @@ def _vocabulary(path: str, binding: str):
   return sentencepiece_vocabulary(path, binding=binding)
 
 
-def _encode_texts(vocabulary, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
-  """text + EOS, truncated to `length` (EOS kept), right-padded with 0."""
-  if length < 2:
-    raise UserError(f"text length {length} leaves no room for a token and EOS (T5)")
-  rows = [list(vocabulary.encode(text))[:length - 1] + [EOS_ID] for text in texts]
-  return backbone_lib.pad_rows(rows, length, PAD_ID)
-
-
 def _encode_classes(vocabulary, label_strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   """Each label string + EOS, padded to the longest: the decoder targets to score."""
   rows = [list(vocabulary.encode(label)) + [EOS_ID] for label in label_strings]
@@ -422,11 +414,12 @@ def _bundle(name: str, module: T5Backbone, load_params,
   if vocabulary.vocab_size > module.config.vocab_size:
     raise UserError(f"{name}: the vocabulary has {vocabulary.vocab_size} pieces but the model "
                     f"embeds only vocab_size={module.config.vocab_size}")
+  from gbair_jax.data.features import TextFeature  # pylint: disable=g-import-not-at-top
+  # text + EOS, truncated to the length (EOS kept), right padded with the pad id.
   return backbone_lib.PretrainedBackbone(
       name=name, module=module, load_params=load_params,
-      encode_texts=functools.partial(_encode_texts, vocabulary),
-      encode_classes=functools.partial(_encode_classes, vocabulary),
-      vocabulary=vocabulary)
+      inputs_feature=TextFeature(vocabulary, add_eos=True),
+      encode_classes=functools.partial(_encode_classes, vocabulary))
 
 
 def abstract_params(module: T5Backbone) -> Any:

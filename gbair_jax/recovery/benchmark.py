@@ -247,7 +247,8 @@ def _run_seeds(output_dir: str, strategies: list[str], seeds: list[int],
   for i, seed in enumerate(seeds):
     if i:  # same model and weights; only the corrupted labels (and training seed) change
       _bind_seed(seed, vary_train_seed)
-      experiment = dataclasses.replace(experiment, data=load_data())
+      experiment = dataclasses.replace(
+          experiment, data=load_data(sequence_length=experiment.sequence_length))
     if distributed.is_primary():
       print(f"benchmark: corruption seed {seed} ({len(strategies)} strategies)", flush=True)
     seed_dir = files.join(output_dir, f"seed_{seed}")

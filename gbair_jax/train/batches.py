@@ -1,4 +1,4 @@
-"""Tokenised splits as numpy arrays and fixed-size batches over them.
+"""Fixed-size batches over tokenised splits (numpy columns with `tokens` and `mask`).
 
 Every batch has the same shape (the last one is padded and marked by `valid`), so jitted
 steps compile once. Shuffling is a pure function of (seed, epoch): resuming at an epoch
@@ -10,18 +10,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from gbair_jax.models.backbone import PretrainedBackbone
-
 Arrays = dict[str, np.ndarray]
-
-
-def tokenize_split(split: Arrays, backbone: PretrainedBackbone, length: int) -> Arrays:
-  """Adds `tokens` and `mask` [N, length] to a split's columns (text is kept for reports)."""
-  tokens, mask = backbone.encode_texts(list(split["text"]), length)
-  out = dict(split)
-  out["tokens"] = np.asarray(tokens, np.int32)
-  out["mask"] = np.asarray(mask, np.int32)
-  return out
 
 
 MODEL_KEYS = ("tokens", "mask", "label", "example_id")

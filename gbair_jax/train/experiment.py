@@ -1,5 +1,6 @@
-"""Everything a run needs, built from gin: data, classifier, frozen weights, tokenised splits,
-and the one device mesh that training, evaluation and TracIn share (the composition root).
+"""Everything a run needs, built from gin: data (tokenised by the SeqIO task), classifier,
+frozen weights, and the one device mesh that training, evaluation and TracIn share (the
+composition root).
 
 Also guards an output directory: it is locked while a command writes it, a run's gin
 config and data fingerprint are written once, and a different config or data is refused.
@@ -19,7 +20,6 @@ from gbair_jax.models.classifier import ClassifierSpec, build_classifier
 from gbair_jax.runtime import files
 from gbair_jax.runtime import mesh as mesh_lib
 from gbair_jax.runtime import process
-from gbair_jax.train import batches as batches_lib
 
 
 @dataclasses.dataclass
@@ -40,11 +40,22 @@ class Experiment:
     """What ran: {"mesh": {"data": D, "model": M}, "device_kind": ..., "num_processes": ...}."""
     return mesh_lib.describe(self.mesh)
 
-  def tokenize(self, split: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return batches_lib.tokenize_split(split, self.spec.backbone, self.sequence_length)
-
   def tokenized_splits(self) -> dict[str, dict[str, np.ndarray]]:
-    return {name: self.tokenize(split) for name, split in self.data.splits.items()}
+    """The splits with `tokens` and `mask` [N, sequence_length]: as `load_data` read them
+    from the SeqIO task, or, for data put together by hand (text only), through the same
+    SeqIO preprocessors with the backbone's feature."""
+    from gbair_jax.data import features  # pylint: disable=g-import-not-at-top
+    feature = self.spec.backbone.inputs_feature
+    out = {}
+    for name, split in self.data.splits.items():
+      if "tokens" in split:
+        if split["tokens"].shape[1] != self.sequence_length:
+          raise UserError(f"split {name!r} was tokenized to {split['tokens'].shape[1]} tokens, "
+                          f"not sequence_length = {self.sequence_length}")
+        out[name] = split
+      else:
+        out[name] = features.tokenize_columns(split, feature, self.sequence_length)
+    return out
 
 
 @gin.configurable
@@ -60,8 +71,9 @@ def build_experiment(sequence_length: int = 64, partition_frozen: bool = False) 
   """
   if sequence_length < 4:
     raise UserError(f"build_experiment.sequence_length must be >= 4, got {sequence_length}")
-  data = load_data()
+  data = load_data(sequence_length=sequence_length)
   spec = build_classifier(label_names=data.label_names)
+  check_inputs_feature(data, spec.backbone)
   mesh = mesh_lib.make_mesh()
   frozen = spec.backbone.load_params()
   try:
@@ -70,6 +82,19 @@ def build_experiment(sequence_length: int = 64, partition_frozen: bool = False) 
     raise UserError(f"build_experiment.partition_frozen: {e}") from e
   return Experiment(data=data, spec=spec, frozen=frozen, sequence_length=sequence_length,
                     mesh=mesh)
+
+
+def check_inputs_feature(data: LabeledData, backbone) -> None:
+  """The task tokenized with the classifier's vocabulary and special tokens (T5X checks its
+  model's vocabularies against the task's the same way)."""
+  if data.inputs_feature != backbone.inputs_feature:
+    describe = lambda f: (f"{f.vocabulary!r} (add_bos={f.add_bos}, add_eos={f.add_eos})"
+                          if f is not None else "nothing")
+    raise UserError(
+        f"task {data.task!r} tokenizes with {describe(data.inputs_feature)}, but the "
+        f"classifier's backbone {backbone.name!r} reads {describe(backbone.inputs_feature)}: bind "
+        "inputs_feature.backbone and build_classifier.backbone to the same backbone "
+        "(gin/models/*.gin: both = %BACKBONE)")
 
 
 CONFIG_FILE = "config.gin"
