@@ -286,7 +286,7 @@ def test_pair_margin_loss_is_the_loss_difference_of_each_rows_pair(three_class_e
   from gbair_jax.influence.per_example_grads import per_example_grads
   from gbair_jax.recovery.gradient_vote import MarginLoss
   exp = three_class_experiment
-  tokens = exp.tokenize(exp.data.splits["train"])
+  tokens = exp.tokenized_splits()["train"]
   batch = {k: tokens[k][:4] for k in ("tokens", "mask")}
   batch["valid"] = np.ones(4, bool)
   prompt = exp.spec.initial_prompt(jax.random.PRNGKey(0), exp.frozen)
@@ -310,8 +310,8 @@ def test_three_class_vote_matches_a_brute_force_computation(three_class_experime
   from gbair_jax.recovery.gradient_vote import MarginLoss, class_vote_scores
   from gbair_jax.train.trainer import predict_logits
   exp = three_class_experiment
-  train = exp.tokenize(exp.data.splits["train"])
-  validation = exp.tokenize(exp.data.splits["validation"])
+  tokenized = exp.tokenized_splits()
+  train, validation = tokenized["train"], tokenized["validation"]
   base = np.asarray(exp.spec.initial_prompt(jax.random.PRNGKey(0), exp.frozen))
   noise = np.random.default_rng(0).normal(size=base.shape).astype(base.dtype)
   checkpoints = [(base, 0.5), (base + 0.3 * noise, 0.25)]
