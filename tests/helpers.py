@@ -74,20 +74,22 @@ def write_sentiment_csv(path, num: int = 120, seed: int = 0) -> None:
       writer.writerow([text, ["negative", "positive"][label]])
 
 
-def write_tiny_run_gin(path, data_path, num_epochs: int = 2, extra: str = "") -> str:
+def write_tiny_run_gin(path, data_path, num_epochs: int = 2, extra: str = "",
+                       label_names=("negative", "positive"), corruption_rate: float = 0.25,
+                       batch_size: int = 8) -> str:
   """A gin file for a seconds-long `gbair run` of the tiny BERT on `data_path`; `extra`
-  holds the test's own bindings (rounds, references, ...)."""
+  holds the test's own bindings (rounds, references, a benchmark suite, ...)."""
   path.write_text(f"""
 include 'gin/models/tiny_bert.gin'
 include 'gin/data/user_csv.gin'
 import gbair_jax.recovery.loop
 USER_TRAIN_FILE = '{data_path}'
-USER_LABEL_NAMES = ('negative', 'positive')
-CORRUPTION_RATE = 0.25
+USER_LABEL_NAMES = {tuple(label_names)!r}
+CORRUPTION_RATE = {corruption_rate}
 build_classifier.prompt_length = 4
 build_experiment.sequence_length = 12
 train_prompt.num_epochs = {num_epochs}
-train_prompt.batch_size = 8
+train_prompt.batch_size = {batch_size}
 selection_size.select_count = 5
 tracin_opponents.top_k = 8
 {extra}""")

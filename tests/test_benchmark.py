@@ -10,7 +10,7 @@ import pytest
 
 from gbair_jax.recovery import benchmark
 from gbair_jax.train.metrics import average_precision
-from tests.helpers import synthetic_three_class_split, write_sentiment_csv
+from tests.helpers import synthetic_three_class_split, write_sentiment_csv, write_tiny_run_gin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,28 +67,15 @@ def test_mean_std_skips_missing_values():
 def tiny_suite(tmp_path_factory):
   root = tmp_path_factory.mktemp("bench")
   write_sentiment_csv(root / "data.csv")
-  gin_file = root / "tiny_suite.gin"
-  gin_file.write_text(f"""
-include 'gin/models/tiny_bert.gin'
-include 'gin/data/user_csv.gin'
-import gbair_jax.recovery.loop
+  return write_tiny_run_gin(root / "tiny_suite.gin", root / "data.csv", batch_size=16, extra="""
 import gbair_jax.recovery.benchmark
-USER_TRAIN_FILE = '{root / "data.csv"}'
-USER_LABEL_NAMES = ('negative', 'positive')
-CORRUPTION_RATE = 0.25
-build_classifier.prompt_length = 4
-build_experiment.sequence_length = 12
-train_prompt.num_epochs = 2
-train_prompt.batch_size = 16
 train_prompt.tensorboard = False
-selection_size.select_count = 5
 run.num_rounds = 1
 run.progress = False
 confident_learning_strategy.num_folds = 2
 benchmark.strategies = ['loss', 'confident_learning']
 benchmark.seeds = (7, 8, 9)
 """)
-  return str(gin_file)
 
 
 def test_tiny_suite_end_to_end(tiny_suite, tmp_path):
@@ -161,28 +148,17 @@ def test_three_class_suite_end_to_end(tmp_path):
     writer = csv.writer(f)
     writer.writerow(["text", "label"])
     writer.writerows((t, names[y]) for t, y in zip(split["text"], split["label"]))
-  gin_file = tmp_path / "three.gin"
-  gin_file.write_text(f"""
-include 'gin/models/tiny_bert.gin'
-include 'gin/data/user_csv.gin'
-import gbair_jax.recovery.loop
+  gin_file = write_tiny_run_gin(tmp_path / "three.gin", tmp_path / "data.csv",
+                                label_names=names, corruption_rate=0.3, batch_size=16, extra="""
 import gbair_jax.recovery.benchmark
-USER_TRAIN_FILE = '{tmp_path / "data.csv"}'
-USER_LABEL_NAMES = {names!r}
-CORRUPTION_RATE = 0.3
-build_classifier.prompt_length = 4
-build_experiment.sequence_length = 12
-train_prompt.num_epochs = 2
-train_prompt.batch_size = 16
 train_prompt.tensorboard = False
-selection_size.select_count = 5
 run.num_rounds = 1
 run.progress = False
 benchmark.strategies = ['class_vote_knn', 'aum', 'loss', 'confident_learning']
 confident_learning_strategy.num_folds = 2
 benchmark.seeds = (3,)
 """)
-  config_lib.parse_gin([str(gin_file)])
+  config_lib.parse_gin([gin_file])
   out = str(tmp_path / "bench")
   summary = json.loads(json.dumps(benchmark.benchmark(out)))
   assert summary["label_names"] == list(names)
