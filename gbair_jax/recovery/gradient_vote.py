@@ -4,8 +4,8 @@ gradient space.
 With two verbalizers and softmax cross-entropy, the loss gradient of an example factors as
 g_c(z, y) = -s(y) r_c(z) u_c(z): a sign for the label, the residual 1 - p(y | z), and the
 label-free margin gradient u_c(z) = g_c(z, 0) - g_c(z, 1) = d(logit_1 - logit_0)/d(prompt).
-So TracIn scores re-weight the loss signal by residuals (issue 12, "why today's score cannot
-beat loss"). These strategies keep only the geometry and let every clean validation example
+So TracIn scores re-weight the loss signal by residuals, which is why they rank much like
+`loss`. These strategies keep only the geometry and let every clean validation example
 vote, residual or not:
 
   k(z, x) = sum over checkpoints c of lr_c cos(u_c(z) - m_c, u_c(x) - m_c)
@@ -24,7 +24,7 @@ uncentred, 0.76 centred (`class_vote`), 0.86 / 0.89 / 0.89 with 5 / 10 / 20 neig
 (`class_vote_knn` keeps 20), against 0.80 for tracin_opponents and 0.67 for loss.
 
 More than two classes: the margin is taken towards the example's most likely other class o
-(the largest logit but its label y's, at the final prompt; issue 12). Each pair of classes
+(the largest logit but its label y's, at the final prompt). Each pair of classes
 {a < b} has its own label-free margin gradient u_ab = d(logit_b - logit_a)/d(prompt), its
 own centre m_ab, and its voters: the validation examples of classes a and b. A training
 example of pair {y, o} is scored S_o - S_y in that pair's space; validation examples of the
