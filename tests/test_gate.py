@@ -100,3 +100,18 @@ def test_gate_refuses_removal_and_review(experiment, tmp_path):
     loop.run(str(tmp_path / "c"), strategy="loss", gate=True, experiment=experiment,
              progress=False)
   assert not os.path.exists(tmp_path / "c")
+
+
+def test_a_rerun_warm_starts_from_the_accepted_round_not_a_rejected_one(monkeypatch):
+  monkeypatch.setattr(loop, "_last_prompt", lambda round_dir: round_dir)
+  state = loop._RoundState(budget=6)
+  rejected = {"round": 2, "budget": 3, "gate": {"accepted": False, "accepted_round": 1,
+                                                "accepted_value": 0.7}}
+  state.restore(rejected, lambda r: f"round_{r}")
+  assert (state.prompt, state.budget, state.accepted_round) == ("round_1", 3, 1)
+  state.restore({"round": 3, "budget": 3, "gate": {"accepted": True, "accepted_round": 3,
+                                                   "accepted_value": 0.8}}, lambda r: f"round_{r}")
+  assert (state.prompt, state.accepted_round) == ("round_3", 3)
+  plain = loop._RoundState(budget=6)
+  plain.restore({"round": 1}, lambda r: f"round_{r}")  # no gate: the round's own prompt
+  assert (plain.prompt, plain.budget) == ("round_1", 6)

@@ -223,12 +223,15 @@ class _RoundState:
   accepted_round: int = 0
   accepted_value: float | None = None
 
-  def restore(self, summary: dict, round_dir: str) -> None:
-    self.prompt = _last_prompt(round_dir)
+  def restore(self, summary: dict, round_dir_of) -> None:
+    """The state after the finished round `summary` (`round_dir_of(r)`: round r's folder)."""
     self.budget = summary.get("budget", self.budget)
-    if "gate" in summary:
-      self.accepted_round = summary["gate"]["accepted_round"]
-      self.accepted_value = summary["gate"]["accepted_value"]
+    gate = summary.get("gate")
+    if gate is not None:
+      self.accepted_round, self.accepted_value = gate["accepted_round"], gate["accepted_value"]
+    # A rejected round's model is not gone on from: warm starts use the accepted one.
+    rejected = gate is not None and not gate["accepted"]
+    self.prompt = _last_prompt(round_dir_of(self.accepted_round if rejected else summary["round"]))
 
 
 def _last_prompt(round_dir: str) -> np.ndarray:
@@ -249,7 +252,7 @@ def _rounds(job: _Settings, selection_count: int) -> tuple[list[dict], int] | di
     if files.exists(summary_path):  # finished before a kill: reuse it
       summary = files.read_json(summary_path)
       rounds.append(summary)
-      state.restore(summary, round_dir)
+      state.restore(summary, job.round_dir)
       if summary["selected"] == 0 and r < job.num_rounds:
         break
       continue
