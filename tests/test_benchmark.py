@@ -154,7 +154,7 @@ import gbair_jax.recovery.benchmark
 train_prompt.tensorboard = False
 run.num_rounds = 1
 run.progress = False
-benchmark.strategies = ['class_vote_knn', 'aum', 'loss', 'confident_learning']
+benchmark.strategies = ['class_vote_knn', 'aum', 'loss', 'confident_learning', 'loss+validation']
 confident_learning_strategy.num_folds = 2
 benchmark.seeds = (3,)
 """)
@@ -170,6 +170,13 @@ benchmark.seeds = (3,)
     assert stats["final_test_f1_at_threshold"]["values"] == stats["final_test_f1"]["values"]
   markdown = open(os.path.join(out, "benchmark.md")).read()
   assert "3 classes (negative, neutral, positive): test AUC is the macro one-vs-rest" in markdown
+  # The same-clean-data control is a baseline of its own: paired against, in its own column.
+  assert summary["baselines"] == ["loss", "confident_learning", "loss+validation"]
+  vote = summary["strategies"]["class_vote_knn"]["final_test_auc"]["values"]
+  control = summary["strategies"]["loss+validation"]["final_test_auc"]["values"]
+  assert summary["paired"]["class_vote_knn"]["vs_loss+validation"]["mean_diff"] == pytest.approx(
+      vote[0] - control[0])
+  assert "vs loss+validation" in markdown and "| loss+validation |" in markdown
 
 
 def _gbair(*args):

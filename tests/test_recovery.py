@@ -358,3 +358,63 @@ def test_in_run_scoring_with_three_classes(three_class_experiment, tmp_path, str
   report = loop.run(str(tmp_path / strategy), num_rounds=1, strategy=strategy, references=(),
                     experiment=three_class_experiment, progress=False)
   assert report["rounds"][0]["selected"] == 6
+
+
+def test_train_on_validation_adds_clean_validation_to_every_training(experiment, tmp_path,
+                                                                    monkeypatch):
+  """The same-clean-data control: each training run (the rounds and confident learning's
+  fold prompts) sees the validation rows with their labels; none becomes a candidate."""
+  from gbair_jax.recovery import out_of_fold
+  seen = []
+
+  def recording(original):
+    def train_prompt(spec, frozen, splits, *args, **kwargs):
+      seen.append(splits["train"]["example_id"].copy())
+      return original(spec, frozen, splits, *args, **kwargs)
+    return train_prompt
+
+  monkeypatch.setattr(loop, "train_prompt", recording(loop.train_prompt))
+  monkeypatch.setattr(out_of_fold, "train_prompt", recording(out_of_fold.train_prompt))
+  gin.bind_parameter("confident_learning_strategy.num_folds", 2)
+  train_ids = experiment.data.splits["train"]["example_id"]
+  validation_ids = experiment.data.splits["validation"]["example_id"]
+  out = str(tmp_path / "control")
+  report = loop.run(out, num_rounds=1, strategy="confident_learning", references=(),
+                    experiment=experiment, progress=False, train_on_validation=True)
+  assert report["train_on_validation"] and len(seen) == 2 + 2  # rounds 0, 1 and two folds
+  for ids in seen:
+    assert set(validation_ids) <= set(ids.tolist())
+  assert sorted(seen[0].tolist()) == sorted(train_ids.tolist() + validation_ids.tolist())
+  changed = {e.example_id for e in read_ledger(os.path.join(out, "ledger.jsonl"))}
+  assert changed and changed <= set(train_ids.tolist())
+  assert report["rounds"][0]["num_train"] == len(train_ids)
+  seen.clear()
+  plain = loop.run(str(tmp_path / "plain"), num_rounds=0, strategy="loss", references=(),
+                   experiment=experiment, progress=False)
+  assert not plain["train_on_validation"] and sorted(seen[0].tolist()) == sorted(train_ids.tolist())
+  # The in-run accumulators cover the training rows only: refused before any work.
+  gin.bind_parameter("tracin.source", "in_run")
+  with pytest.raises(UserError, match="train_on_validation=True needs tracin.source"):
+    loop.run(str(tmp_path / "refused"), strategy="tracin_opponents", experiment=experiment,
+             progress=False, train_on_validation=True)
+  assert not os.path.exists(tmp_path / "refused")
+
+
+def test_compare_runs_validation_controls_from_their_own_round_zero(experiment, tmp_path):
+  from gbair_jax.recovery import compare
+  out = str(tmp_path / "cmp")
+  gin.bind_parameter("run.num_rounds", 1)
+  gin.bind_parameter("run.progress", False)
+  results = compare.compare(out, ["loss", "loss+validation", "random+validation"],
+                            experiment=experiment, progress=False)
+  assert list(results) == ["loss", "loss+validation", "random+validation"]
+  assert [r["train_on_validation"] for r in results.values()] == [False, True, True]
+  assert [r["strategy"] for r in results.values()] == ["loss", "loss", "random"]
+  round0 = {name: r["rounds"][0]["test"]["auc"] for name, r in results.items()}
+  assert round0["loss+validation"] == round0["random+validation"]  # shared round 0
+  metrics = lambda name: open(os.path.join(out, name, "round_0", "metrics.json")).read()
+  assert metrics("loss+validation") == metrics("random+validation") != metrics("loss")
+  # Every report shows the one clean reference (trained on the training set only).
+  assert len({json.dumps(r["references"]["clean"]) for r in results.values()}) == 1
+  with pytest.raises(UserError, match="'nope' is unknown"):
+    compare.compare(str(tmp_path / "bad"), ["nope+validation"], experiment=experiment)

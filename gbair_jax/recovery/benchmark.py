@@ -10,7 +10,9 @@ their 95% interval comes from a paired bootstrap over seeds. Every run resumes l
 
 `benchmark.json` holds per strategy {"mean", "std", "values"} of each metric in METRICS
 (values in seed order; std with ddof 1), and per strategy `paired.<name>.vs_<baseline>` =
-{"mean_diff", "ci95": [low, high], "n"} of the final test AUC; report/benchmark_writer.py
+{"mean_diff", "ci95": [low, high], "n"} of the final test AUC, for `loss`,
+`confident_learning` and, when the suite runs them, their `+validation` controls (trained
+with the clean validation labels too, compare.py; `baselines` lists which); report/benchmark_writer.py
 writes benchmark.md and benchmark.png from it.
 """
 from __future__ import annotations
@@ -28,7 +30,6 @@ from gbair_jax.errors import UserError
 from gbair_jax.runtime import process as distributed
 from gbair_jax.recovery import compare as compare_lib
 from gbair_jax.recovery import loop
-from gbair_jax.recovery.registry import get_strategy
 from gbair_jax.report import writer
 from gbair_jax.runtime import files
 from gbair_jax.train.experiment import build_experiment, check_output_dir_free, claim_output_dir
@@ -159,10 +160,13 @@ def aggregate(runs: dict, strategies: list[str], seeds: list[int], num_resamples
   first = strategies[0]
   for ref in ("round0_test_auc", "clean_test_auc"):
     out["references"][ref] = _mean_std([runs[s][first].get(ref) for s in seeds])
+  # The baselines, and their same-clean-data controls when the suite runs them.
+  out["baselines"] = list(BASELINES) + [base + compare_lib.WITH_VALIDATION for base in BASELINES
+                                        if base + compare_lib.WITH_VALIDATION in strategies]
   for name in strategies:
     values = out["strategies"][name][PAIRED_METRIC]["values"]
     paired = {"metric": PAIRED_METRIC}
-    for base in BASELINES:
+    for base in out["baselines"]:
       paired[f"vs_{base}"] = (paired_bootstrap(
           values, out["strategies"][base][PAIRED_METRIC]["values"], num_resamples,
           bootstrap_seed) if base in out["strategies"] else None)
@@ -200,7 +204,7 @@ def benchmark(output_dir: str, strategies: list[str] = gin.REQUIRED,
   if not strategies or len(set(strategies)) != len(strategies):
     raise UserError(f"benchmark.strategies {strategies}: give at least one, each once")
   for strategy in strategies:
-    get_strategy(strategy)  # unknown names fail before any training
+    compare_lib.parse_strategy(strategy)  # unknown names fail before any training
   check_output_dir_free(output_dir)
   # The suite's config as given (before the per-seed bindings below): what a rerun matches.
   config_text = (gin.config_str() + f"\n# seeds: {','.join(map(str, seeds))}\n"

@@ -2,6 +2,12 @@
 
 Each strategy runs in `<output_dir>/<strategy>/`. Round 0 does not depend on the strategy,
 so its checkpoints are trained once and copied; the clean reference is trained once too.
+
+A name with the suffix `+validation` (e.g. `loss+validation`) runs that strategy with
+`run.train_on_validation=True`: every training run also sees the validation examples the
+strategies see, with their clean labels. It is the control for a strategy that votes with
+those labels (class_vote): the baselines get the same clean data. Such runs share their
+own round 0.
 """
 from __future__ import annotations
 
@@ -19,6 +25,16 @@ from gbair_jax.train.experiment import (Experiment, build_experiment, check_outp
                                         claim_output_dir)
 
 
+WITH_VALIDATION = "+validation"
+
+
+def parse_strategy(name: str) -> tuple[str, bool]:
+  """(registered strategy name, train_on_validation) of a compared name; unknown ones fail."""
+  base = name[:-len(WITH_VALIDATION)] if name.endswith(WITH_VALIDATION) else name
+  get_strategy(base)
+  return base, base != name
+
+
 def compare(output_dir: str, strategies: list[str], experiment: Experiment | None = None,
             progress: bool = True) -> dict[str, dict]:
   """Runs every strategy (round 0 and the clean reference shared); returns {name: report}.
@@ -29,7 +45,7 @@ def compare(output_dir: str, strategies: list[str], experiment: Experiment | Non
   if not strategies:
     raise UserError("--strategies: give at least one strategy")
   for name in strategies:
-    get_strategy(name)  # unknown names fail before any training
+    parse_strategy(name)  # unknown names fail before any training
   check_output_dir_free(output_dir)
   checkpoints.checkpoint_dir(files.join(output_dir, strategies[0], "round_0"))
   # Data and settings checked before output_dir is touched.
@@ -43,17 +59,20 @@ def compare(output_dir: str, strategies: list[str], experiment: Experiment | Non
 def _compare(output_dir: str, strategies: list[str], experiment,
              progress: bool = True) -> dict[str, dict]:
   results = {}
-  first_dir = None
+  first_dirs = {}  # train_on_validation -> the run whose round 0 the others with it copy
   for i, name in enumerate(strategies):
     run_dir = files.join(output_dir, name)
-    if first_dir is not None:
+    strategy, train_on_validation = parse_strategy(name)
+    if train_on_validation in first_dirs:
       if distributed.is_primary():
-        _share_round_zero(first_dir, run_dir)
+        _share_round_zero(first_dirs[train_on_validation], run_dir)
       distributed.barrier(f"round 0 shared with {name}")
     # The clean reference is the same for every strategy: train it with the first only.
     extra = {} if i == 0 else {"references": ("no_recovery",)}
-    results[name] = loop.run(run_dir, strategy=name, experiment=experiment, **extra)
-    first_dir = first_dir or run_dir
+    if train_on_validation:
+      extra["train_on_validation"] = True
+    results[name] = loop.run(run_dir, strategy=strategy, experiment=experiment, **extra)
+    first_dirs.setdefault(train_on_validation, run_dir)
   clean = results[strategies[0]]["references"].get("clean")
   rows = []
   for name, report in results.items():

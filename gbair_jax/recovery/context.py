@@ -13,6 +13,13 @@ from gbair_jax.train.in_run import InRunResult, TrainingDynamics
 Arrays = dict[str, np.ndarray]
 
 
+def with_extra_rows(rows: Arrays, extra: Arrays | None) -> Arrays:
+  """`rows` followed by `extra` (same columns), or `rows` when there is nothing extra."""
+  if extra is None:
+    return rows
+  return {name: np.concatenate([values, extra[name]]) for name, values in rows.items()}
+
+
 @dataclasses.dataclass
 class RoundContext:
   spec: ClassifierSpec
@@ -32,6 +39,9 @@ class RoundContext:
   in_run: InRunResult | None = None
   dynamics: TrainingDynamics | None = None
   round_dir: str | None = None                   # where a strategy may keep its own runs
+  # run.train_on_validation: clean examples that joined every training run (after `train`,
+  # never candidates). A strategy that trains prompts of its own trains on them too.
+  extra_train: Arrays | None = None
 
   @property
   def misclassified(self) -> Arrays:

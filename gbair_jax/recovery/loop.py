@@ -9,6 +9,12 @@ With `gate=True` (gin `run.gate`; the default policy in gin/runs/base.gin) a rou
 model is worse than the last accepted one on a held-out slice of validation undoes the
 previous round's relabels and halves the budget (recovery/gate.py).
 
+With `train_on_validation=True` (gin `run.train_on_validation`) the validation examples the
+strategies see join every round's training with their clean labels (never as candidates):
+the control that gives a strategy which ignores validation labels (loss, confident
+learning, AUM) the same clean data a validation-voting one (class_vote) uses. Validation
+metrics are then in-sample; the gate slice and test stay held out.
+
 With `review=True` (`gbair run --review`) a recovery round stops after selection, before
 any label changes, and leaves `round_<r>/proposals.json` plus the evidence for
 `gbair review`; the reviewer's decisions become the round's ledger lines, and rerunning
@@ -32,7 +38,7 @@ from gbair_jax.data.ledger import apply_ledger, read_ledger
 from gbair_jax.errors import UserError
 from gbair_jax.recovery import actions
 from gbair_jax.recovery import gate as gate_lib
-from gbair_jax.recovery.context import RoundContext
+from gbair_jax.recovery.context import RoundContext, with_extra_rows
 # The built-in strategies register themselves (and their gin configurables) on import.
 from gbair_jax.recovery import gradient_vote  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery import strategies  # noqa: F401  pylint: disable=unused-import
@@ -100,7 +106,7 @@ def normalize_references(references) -> tuple[str, ...]:
 def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents",
         action: str = "relabel", retrain: str = "fresh",
         references: tuple | None = ("clean", "no_recovery"), gate: bool = False,
-        progress: bool = True, experiment: Experiment | None = None, review: bool = False,
+        train_on_validation: bool = False, progress: bool = True, experiment: Experiment | None = None, review: bool = False,
         resume_command: str | None = None) -> dict:
   """Runs G-BAIR rounds 0..num_rounds (the last one only trains and evaluates).
 
@@ -118,6 +124,9 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
     gate: hold out a slice of validation and keep a round's changes only if the next
       model is not worse on it (recovery/gate.py; gin `GateConfig.*`); the run's result
       is then the last accepted round (report.json `final_round`).
+    train_on_validation: every round (and every prompt a strategy trains) also trains on
+      the validation examples the strategies see, with their clean labels; the gate slice
+      stays held out. A control for comparing with strategies that use those labels.
     review: pause a recovery round after selection for `gbair review` and return
       {"paused_for_review": r, "proposals": path}; not part of the config. A round whose
       ledger holds human decisions goes on with them (with or without `review`).
@@ -150,17 +159,24 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
   splits = exp.tokenized_splits()
   if gate_config is not None:  # the gate slice is held out before anything sees validation
     splits["validation"], splits["gate"] = gate_lib.split_gate(splits["validation"], gate_config)
+  if train_on_validation and tracin_strategies.in_run_hook(
+      strategy, exp.spec, splits["validation"]) is not None:
+    raise UserError("run.train_on_validation=True needs tracin.source = 'checkpoints': the "
+                    "in-run accumulators cover the training rows only")
   train_source = splits["train"]
   selection_count = actions.selection_size(len(train_source["label"]))
   if progress:
     for line in describe_lib.format_rows_read(exp.data.rows_read):
       print(line, flush=True)
   config_text = gin.config_str() + f"\n# strategy: {strategy}\n"
+  if train_on_validation:  # also when passed in Python (gbair compare's "+validation")
+    config_text += "# train_on_validation: True\n"
   with claim_output_dir(output_dir, config_text, exp.data):
     settings = _Settings(output_dir=output_dir, exp=exp, splits=splits, num_rounds=num_rounds,
                          strategy=strategy, strategy_fn=strategy_fn, action=action,
                          retrain=retrain, gate=gate_config, primary=primary, progress=progress,
-                         review=review, resume_command=resume_command)
+                         review=review, resume_command=resume_command,
+                         extra_train=splits["validation"] if train_on_validation else None)
     outcome = _rounds(settings, selection_count)
     if isinstance(outcome, dict):  # paused for review: no report until the run goes on
       return outcome
@@ -174,6 +190,7 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
         "action": action,
         "num_train": int(len(train_source["label"])),
         "num_corrupted": int(train_source["is_corrupted"].sum()),
+        "train_on_validation": bool(train_on_validation),
         "rounds": rounds,
         "final_round": final_round,  # the round whose model is the result (gate: accepted)
         "references": _references(exp, splits, output_dir, references, rounds, progress),
@@ -204,6 +221,7 @@ class _Settings:
   progress: bool
   review: bool
   resume_command: str | None
+  extra_train: dict | None = None  # run.train_on_validation: clean rows every training adds
 
   @property
   def ledger_path(self) -> str:
@@ -304,7 +322,8 @@ def _train_round(job: _Settings, train: dict, r: int, initial_prompt):
   exp = job.exp
   hook = (tracin_strategies.in_run_hook(job.strategy, exp.spec, job.splits["validation"])
           if r < job.num_rounds else None)  # tracin.source = "in_run": scored while training
-  result = train_prompt(exp.spec, exp.frozen, {**job.splits, "train": train}, job.round_dir(r),
+  fit = with_extra_rows(train, job.extra_train)
+  result = train_prompt(exp.spec, exp.frozen, {**job.splits, "train": fit}, job.round_dir(r),
                         initial_prompt=initial_prompt, progress=job.progress, mesh=exp.mesh,
                         in_run=hook)
   summary = {"round": r, "label_names": list(exp.data.label_names),
@@ -411,7 +430,7 @@ def _round_context(job: _Settings, result, train: dict, r: int) -> RoundContext:
                                        splits["validation"], mesh=exp.mesh),
       seed=r, progress=job.progress, mesh=exp.mesh, in_run=result.in_run,
       dynamics=result.in_run.dynamics if result.in_run is not None else None,
-      round_dir=round_dir)
+      round_dir=round_dir, extra_train=job.extra_train)
 
 
 def _saved_scores(path: str, example_ids: np.ndarray) -> np.ndarray:

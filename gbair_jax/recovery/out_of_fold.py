@@ -5,8 +5,9 @@ cross-validated ones): a model that trained on an example has partly memorised i
 flipped or not, so in-sample probabilities hide exactly the examples it should find. Here
 the training set (at its current labels) is split into K stratified folds; fold k's
 probabilities come from a prompt trained, with the run's own `train_prompt` settings, on
-the other K - 1 folds. Fold runs live in `<round_dir>/out_of_fold/fold_<k>/` and resume
-like any round after a kill.
+the other K - 1 folds (plus the run's extra clean examples, when
+`run.train_on_validation` adds them to every training run). Fold runs live in
+`<round_dir>/out_of_fold/fold_<k>/` and resume like any round after a kill.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from gbair_jax.data.noise_reference import stratified_folds
 from gbair_jax.errors import UserError
-from gbair_jax.recovery.context import RoundContext
+from gbair_jax.recovery.context import RoundContext, with_extra_rows
 from gbair_jax.runtime import files
 from gbair_jax.train.metrics import softmax
 from gbair_jax.train.trainer import predict_logits, train_prompt
@@ -40,7 +41,8 @@ def out_of_fold_probabilities(ctx: RoundContext, num_folds: int, binding: str) -
     root = files.join(ctx.round_dir, "out_of_fold") if ctx.round_dir else scratch
     for k in range(num_folds):
       held = folds == k
-      fit = {name: values[~held] for name, values in train.items()}
+      fit = with_extra_rows({name: values[~held] for name, values in train.items()},
+                            ctx.extra_train)
       result = train_prompt(ctx.spec, ctx.frozen, {"train": fit}, files.join(root, f"fold_{k}"),
                             progress=ctx.progress, tensorboard=False, mesh=ctx.mesh)
       held_rows = {name: values[held] for name, values in train.items()}

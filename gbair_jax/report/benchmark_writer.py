@@ -27,6 +27,7 @@ def _paired_cell(paired: dict | None) -> str:
 
 def format_markdown(summary: dict) -> str:
   from gbair_jax.recovery.benchmark import BASELINES, METRICS  # pylint: disable=g-import-not-at-top
+  baselines = summary.get("baselines", BASELINES)
   strategies = summary["strategies_run"]
   default = summary["default_strategy"]
   label = lambda name: f"**{name}** (default)" if name == default else name
@@ -56,8 +57,8 @@ def format_markdown(summary: dict) -> str:
   lines += [f"Paired differences in {summary['paired_metric']} (strategy minus baseline, mean "
             "over seeds [95% paired bootstrap interval]):", ""]
   paired_rows = [[label(name)] + [_paired_cell(summary["paired"][name].get(f"vs_{base}"))
-                                  for base in BASELINES] for name in strategies]
-  lines += [writer.markdown_table(["strategy"] + [f"vs {b}" for b in BASELINES], paired_rows), ""]
+                                  for base in baselines] for name in strategies]
+  lines += [writer.markdown_table(["strategy"] + [f"vs {b}" for b in baselines], paired_rows), ""]
   lines += ["What the columns are:", ""]
   lines += [f"- {title}: {summary['metrics'].get(key, '')}" for key, title, _ in METRICS]
   lines += [f"- {writer.THRESHOLD_NOTE}", "",
@@ -72,6 +73,7 @@ def plot(path: str, summary: dict) -> str:
   right: paired differences against each baseline with their 95% intervals."""
   from gbair_jax.recovery.benchmark import BASELINES  # pylint: disable=g-import-not-at-top
   from gbair_jax.report import plots  # pylint: disable=g-import-not-at-top
+  baselines = summary.get("baselines", BASELINES)
   plt = plots.plt
   strategies = summary["strategies_run"]
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
@@ -89,14 +91,14 @@ def plot(path: str, summary: dict) -> str:
   left.set_xticklabels(strategies, rotation=30, ha="right", fontsize=8)
   left.set_ylabel("final test AUC")
   left.legend(fontsize=8)
-  for j, base in enumerate(BASELINES):
+  for j, base in enumerate(baselines):
     labelled = False
     for i, name in enumerate(strategies):
       paired = summary["paired"][name].get(f"vs_{base}")
       if not paired or paired["mean_diff"] is None or name == base:
         continue
       low, high = paired["ci95"]
-      x = i + (j - 0.5) * 0.25
+      x = i + (j - (len(baselines) - 1) / 2) * 0.2
       right.errorbar([x], [paired["mean_diff"]],
                      yerr=[[paired["mean_diff"] - low], [high - paired["mean_diff"]]], fmt="o",
                      color=f"C{j + 2}", label=None if labelled else f"vs {base}")
