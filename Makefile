@@ -30,8 +30,10 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
 # GBAIR_REQUIRE_BROWSER: a missing browser fails the browser test instead of skipping it.
+# TEST_WORKERS pytest-xdist processes, a test file each at a time (module fixtures stay shared).
+TEST_WORKERS ?= 2
 test: $(STAMP) browser
-	GBAIR_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q tests
+	GBAIR_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: $(STAMP)
 	$(BIN)/gbair run --gin_file=gin/runs/quickstart.gin --output_dir=runs/quickstart
