@@ -12,8 +12,8 @@ their 95% interval comes from a paired bootstrap over seeds. Every run resumes l
 (values in seed order; std with ddof 1), and per strategy `paired.<name>.vs_<baseline>` =
 {"mean_diff", "ci95": [low, high], "n"} of the final test AUC, for `loss`,
 `confident_learning` and, when the suite runs them, their `+validation` controls (trained
-with the clean validation labels too, compare.py; `baselines` lists which); report/benchmark_writer.py
-writes benchmark.md and benchmark.png from it.
+with the clean validation labels too, compare.py; `baselines` lists which);
+report/benchmark_writer.py writes benchmark.md and benchmark.png from it.
 """
 from __future__ import annotations
 

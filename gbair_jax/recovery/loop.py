@@ -106,7 +106,8 @@ def normalize_references(references) -> tuple[str, ...]:
 def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents",
         action: str = "relabel", retrain: str = "fresh",
         references: tuple | None = ("clean", "no_recovery"), gate: bool = False,
-        train_on_validation: bool = False, progress: bool = True, experiment: Experiment | None = None, review: bool = False,
+        train_on_validation: bool = False, progress: bool = True,
+        experiment: Experiment | None = None, review: bool = False,
         resume_command: str | None = None) -> dict:
   """Runs G-BAIR rounds 0..num_rounds (the last one only trains and evaluates).
 
