@@ -29,14 +29,31 @@ def test_paper_configs_state_the_papers_choices(name):
   # The paper's plain rounds, not the default gated class vote of base.gin.
   assert gin.query_parameter("run.strategy") == "tracin_opponents"
   assert gin.query_parameter("run.gate") is False
+  assert gin.query_parameter("run.train_on_validation") is False  # training split only
 
 
 def test_quickstart_runs_the_default_policy():
   config_lib.parse_gin(["gin/runs/quickstart.gin"])
   assert gin.query_parameter("run.strategy") == "class_vote_knn"
   assert gin.query_parameter("run.gate") is True
+  assert gin.query_parameter("run.train_on_validation") is True
 
 
 def test_quickstart_and_paper_share_the_base():
   for name in ("quickstart.gin", "paper_bbf_base.gin"):
     assert "gin/runs/base.gin" in _includes(os.path.join(RUNS, name)), name
+
+
+@pytest.mark.parametrize("path", sorted(
+    [f"gin/runs/{n}" for n in os.listdir(RUNS)] +
+    [f"gin/benchmarks/{n}" for n in os.listdir(os.path.join(REPO, "gin", "benchmarks"))
+     if n != "common.gin"]))
+def test_training_on_validation_always_keeps_a_gate_slice_out(path):
+  """run.train_on_validation without run.gate is refused at run time; no shipped config
+  may bind it that way (the paper's plain rounds must turn both off)."""
+  config_lib.parse_gin([path])
+  try:
+    on = gin.query_parameter("run.train_on_validation")
+  except ValueError:
+    on = False
+  assert not on or gin.query_parameter("run.gate") is True

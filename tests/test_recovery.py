@@ -362,14 +362,17 @@ def test_in_run_scoring_with_three_classes(three_class_experiment, tmp_path, str
 
 def test_train_on_validation_adds_clean_validation_to_every_training(experiment, tmp_path,
                                                                     monkeypatch):
-  """The same-clean-data control: each training run (the rounds and confident learning's
-  fold prompts) sees the validation rows with their labels; none becomes a candidate."""
+  """The same-clean-data control: each training run (the rounds, confident learning's fold
+  prompts and the clean reference) sees the validation rows the strategies see with their
+  labels; none becomes a candidate; the gate slice, never trained on, is what the rounds and
+  the reference are evaluated on (validation metrics, decision threshold)."""
   from gbair_jax.recovery import out_of_fold
-  seen = []
+  seen, evaluated = [], []
 
   def recording(original):
     def train_prompt(spec, frozen, splits, *args, **kwargs):
       seen.append(splits["train"]["example_id"].copy())
+      evaluated.append(splits.get("validation", {}).get("example_id"))
       return original(spec, frozen, splits, *args, **kwargs)
     return train_prompt
 
@@ -377,26 +380,39 @@ def test_train_on_validation_adds_clean_validation_to_every_training(experiment,
   monkeypatch.setattr(out_of_fold, "train_prompt", recording(out_of_fold.train_prompt))
   gin.bind_parameter("confident_learning_strategy.num_folds", 2)
   train_ids = experiment.data.splits["train"]["example_id"]
-  validation_ids = experiment.data.splits["validation"]["example_id"]
+  all_validation_ids = set(experiment.data.splits["validation"]["example_id"].tolist())
   out = str(tmp_path / "control")
-  report = loop.run(out, num_rounds=1, strategy="confident_learning", references=(),
-                    experiment=experiment, progress=False, train_on_validation=True)
-  assert report["train_on_validation"] and len(seen) == 2 + 2  # rounds 0, 1 and two folds
+  report = loop.run(out, num_rounds=1, strategy="confident_learning", references=("clean",),
+                    experiment=experiment, progress=False, train_on_validation=True, gate=True)
+  # Rounds 0 and 1, two folds in round 0, the clean reference.
+  assert report["train_on_validation"] and len(seen) == 2 + 2 + 1
+  gate_ids = set(evaluated[0].tolist())
+  voter_ids = all_validation_ids - gate_ids
+  assert gate_ids and voter_ids and gate_ids < all_validation_ids
   for ids in seen:
-    assert set(validation_ids) <= set(ids.tolist())
-  assert sorted(seen[0].tolist()) == sorted(train_ids.tolist() + validation_ids.tolist())
+    assert voter_ids <= set(ids.tolist()) and not gate_ids & set(ids.tolist())
+  assert sorted(seen[0].tolist()) == sorted(train_ids.tolist() + list(voter_ids))
+  rounds_and_clean = [evaluated[i] for i in (0, 3, 4)]  # folds evaluate nothing
+  assert all(set(ids.tolist()) == gate_ids for ids in rounds_and_clean)
+  assert os.path.exists(os.path.join(out, "references", "clean_with_validation", "metrics.json"))
   changed = {e.example_id for e in read_ledger(os.path.join(out, "ledger.jsonl"))}
   assert changed and changed <= set(train_ids.tolist())
   assert report["rounds"][0]["num_train"] == len(train_ids)
   seen.clear()
+  evaluated.clear()
   plain = loop.run(str(tmp_path / "plain"), num_rounds=0, strategy="loss", references=(),
                    experiment=experiment, progress=False)
   assert not plain["train_on_validation"] and sorted(seen[0].tolist()) == sorted(train_ids.tolist())
-  # The in-run accumulators cover the training rows only: refused before any work.
+  assert set(evaluated[0].tolist()) == all_validation_ids
+  # Refused before any work: without the gate no validation would be left out of training;
+  # the in-run accumulators cover the training rows only.
+  with pytest.raises(UserError, match="train_on_validation=True needs run.gate=True"):
+    loop.run(str(tmp_path / "refused"), strategy="loss", experiment=experiment,
+             progress=False, train_on_validation=True)
   gin.bind_parameter("tracin.source", "in_run")
   with pytest.raises(UserError, match="train_on_validation=True needs tracin.source"):
     loop.run(str(tmp_path / "refused"), strategy="tracin_opponents", experiment=experiment,
-             progress=False, train_on_validation=True)
+             progress=False, train_on_validation=True, gate=True)
   assert not os.path.exists(tmp_path / "refused")
 
 
@@ -405,6 +421,7 @@ def test_compare_runs_validation_controls_from_their_own_round_zero(experiment, 
   out = str(tmp_path / "cmp")
   gin.bind_parameter("run.num_rounds", 1)
   gin.bind_parameter("run.progress", False)
+  gin.bind_parameter("run.gate", True)
   results = compare.compare(out, ["loss", "loss+validation", "random+validation"],
                             experiment=experiment, progress=False)
   assert list(results) == ["loss", "loss+validation", "random+validation"]
@@ -414,7 +431,14 @@ def test_compare_runs_validation_controls_from_their_own_round_zero(experiment, 
   assert round0["loss+validation"] == round0["random+validation"]  # shared round 0
   metrics = lambda name: open(os.path.join(out, name, "round_0", "metrics.json")).read()
   assert metrics("loss+validation") == metrics("random+validation") != metrics("loss")
-  # Every report shows the one clean reference (trained on the training set only).
-  assert len({json.dumps(r["references"]["clean"]) for r in results.values()}) == 1
+  # Two clean references: on the training set only (loss), and with the validation
+  # examples too (trained by loss+validation, shown by random+validation as well).
+  cleans = [json.dumps(r["references"]["clean"]) for r in results.values()]
+  assert cleans[1] == cleans[2] != cleans[0]
+  assert os.path.isdir(os.path.join(out, "loss+validation", "references", "clean_with_validation"))
+  assert not os.path.exists(os.path.join(out, "random+validation", "references"))
+  # A name without the suffix follows gin's run.train_on_validation.
+  gin.bind_parameter("run.train_on_validation", True)
+  assert compare.parse_strategy("loss") == ("loss", True)
   with pytest.raises(UserError, match="'nope' is unknown"):
     compare.compare(str(tmp_path / "bad"), ["nope+validation"], experiment=experiment)

@@ -135,6 +135,7 @@ def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
       "validation_never_fell": bool(all(b >= a for a, b in zip(validation_auc, validation_auc[1:]))),
       "final_not_below_round0": bool(test.get("auc", 0.0) >= start["test"].get("auc", 0.0)),
       "detection_auroc": None, "detection_auprc": None,
+      "train_on_validation": bool(report.get("train_on_validation")),
   }
   scores_path = files.join(run_dir, "round_0", loop.SCORES_FILE)
   if files.exists(scores_path):
@@ -157,9 +158,14 @@ def aggregate(runs: dict, strategies: list[str], seeds: list[int], num_resamples
   for name in strategies:
     out["strategies"][name] = {
         k: _mean_std([_as_number(runs[s][name].get(k)) for s in seeds]) for k in keys}
+  # Which strategies also trained on the validation examples (gin run.train_on_validation
+  # or a "+validation" name): their round 0 and clean reference are trained on them too.
+  out["train_on_validation"] = {name: bool(runs[seeds[0]][name].get("train_on_validation"))
+                                for name in strategies}
   first = strategies[0]
   for ref in ("round0_test_auc", "clean_test_auc"):
     out["references"][ref] = _mean_std([runs[s][first].get(ref) for s in seeds])
+  out["references"]["train_on_validation"] = out["train_on_validation"][first]
   # The baselines, and their same-clean-data controls when the suite runs them.
   out["baselines"] = list(BASELINES) + [base + compare_lib.WITH_VALIDATION for base in BASELINES
                                         if base + compare_lib.WITH_VALIDATION in strategies]

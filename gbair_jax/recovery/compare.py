@@ -7,7 +7,8 @@ A name with the suffix `+validation` (e.g. `loss+validation`) runs that strategy
 `run.train_on_validation=True`: every training run also sees the validation examples the
 strategies see, with their clean labels. It is the control for a strategy that votes with
 those labels (class_vote): the baselines get the same clean data. Such runs share their
-own round 0.
+own round 0 and their own clean reference (trained on the validation examples too). A name
+without the suffix follows gin's `run.train_on_validation` (True in gin/runs/base.gin).
 """
 from __future__ import annotations
 
@@ -29,10 +30,20 @@ WITH_VALIDATION = "+validation"
 
 
 def parse_strategy(name: str) -> tuple[str, bool]:
-  """(registered strategy name, train_on_validation) of a compared name; unknown ones fail."""
+  """(registered strategy name, train_on_validation) of a compared name; unknown ones fail.
+
+  A name without the suffix trains on validation as gin's `run.train_on_validation` says.
+  """
   base = name[:-len(WITH_VALIDATION)] if name.endswith(WITH_VALIDATION) else name
   get_strategy(base)
-  return base, base != name
+  return base, base != name or _bound_train_on_validation()
+
+
+def _bound_train_on_validation() -> bool:
+  try:
+    return bool(gin.query_parameter("run.train_on_validation"))
+  except ValueError:  # not bound: loop.run's default
+    return False
 
 
 def compare(output_dir: str, strategies: list[str], experiment: Experiment | None = None,
@@ -60,27 +71,32 @@ def _compare(output_dir: str, strategies: list[str], experiment,
              progress: bool = True) -> dict[str, dict]:
   results = {}
   first_dirs = {}  # train_on_validation -> the run whose round 0 the others with it copy
-  for i, name in enumerate(strategies):
+  cleans = {}      # train_on_validation -> that run's clean reference
+  for name in strategies:
     run_dir = files.join(output_dir, name)
     strategy, train_on_validation = parse_strategy(name)
-    if train_on_validation in first_dirs:
+    first = train_on_validation not in first_dirs
+    if not first:
       if distributed.is_primary():
         _share_round_zero(first_dirs[train_on_validation], run_dir)
       distributed.barrier(f"round 0 shared with {name}")
-    # The clean reference is the same for every strategy: train it with the first only.
-    extra = {} if i == 0 else {"references": ("no_recovery",)}
-    if train_on_validation:
-      extra["train_on_validation"] = True
+    # The clean reference depends only on the data: the first run with the same data
+    # (with or without the validation examples) trains it.
+    extra = {"train_on_validation": train_on_validation}
+    if not first:
+      extra["references"] = ("no_recovery",)
     results[name] = loop.run(run_dir, strategy=strategy, experiment=experiment, **extra)
-    first_dirs.setdefault(train_on_validation, run_dir)
-  clean = results[strategies[0]]["references"].get("clean")
+    if first:
+      first_dirs[train_on_validation] = run_dir
+      cleans[train_on_validation] = results[name]["references"].get("clean")
   rows = []
   for name, report in results.items():
     final, start = writer.final_round(report), report["rounds"][0]
     changed = sum(r["selected"] for r in report["rounds"])
     hits = sum(round(r["selected"] * r["precision"]) for r in report["rounds"]
                if r.get("precision") is not None)
-    if clean:  # trained once with the first strategy: every report shows it
+    clean = cleans[report["train_on_validation"]]
+    if clean:  # trained once per kind of data: every report shows it
       report = results[name] = {**report, "references": {**report["references"], "clean": clean}}
     share = writer.recovered_share(report)
     f1_at_t = final["test"].get("f1_at_threshold")
@@ -92,9 +108,11 @@ def _compare(output_dir: str, strategies: list[str], experiment,
   header = ("strategy", "changed", "precision", "corrupted left", "round-0 auc", "final auc",
             "final acc", "final f1", "final f1@t", "recovered share of lost auc")
   table = writer.markdown_table(header, rows) + "\n\n" + writer.THRESHOLD_NOTE
-  if clean:
-    table += (f"\n\nclean reference: test auc {clean['test']['auc']:.3f}, accuracy "
-              f"{clean['test']['accuracy']:.3f}, f1 {clean['test']['f1']:.3f}")
+  for with_validation, clean in cleans.items():
+    if clean:
+      table += (f"\n\nclean reference{' (with the validation examples)' if with_validation else ''}"
+                f": test auc {clean['test']['auc']:.3f}, accuracy "
+                f"{clean['test']['accuracy']:.3f}, f1 {clean['test']['f1']:.3f}")
   if distributed.is_primary():  # several processes: all compute, process 0 writes
     plot = plots.plot_comparison(files.join(output_dir, "comparison.png"), results)
     files.write_text(files.join(output_dir, "comparison.md"),

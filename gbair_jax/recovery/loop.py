@@ -126,8 +126,10 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
       model is not worse on it (recovery/gate.py; gin `GateConfig.*`); the run's result
       is then the last accepted round (report.json `final_round`).
     train_on_validation: every round (and every prompt a strategy trains) also trains on
-      the validation examples the strategies see, with their clean labels; the gate slice
-      stays held out. A control for comparing with strategies that use those labels.
+      the validation examples the strategies see, with their clean labels (never candidates
+      for a change). Needs `gate`: the gate slice is then the only validation no prompt
+      trained on, so the per-epoch validation metrics and the decision threshold come from
+      it, and the clean reference trains on the same validation examples.
     review: pause a recovery round after selection for `gbair review` and return
       {"paused_for_review": r, "proposals": path}; not part of the config. A round whose
       ledger holds human decisions goes on with them (with or without `review`).
@@ -150,6 +152,9 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
     if review:
       raise UserError("run.gate=True and --review cannot be combined yet: a reviewed "
                       "round's decisions are final")
+  if train_on_validation and gate_config is None:
+    raise UserError("run.train_on_validation=True needs run.gate=True: the gate slice is "
+                    "then the only validation left out of training (metrics, threshold)")
   primary = distributed.is_primary()  # several processes: all compute, process 0 writes
   progress = progress and primary
   check_output_dir_free(output_dir)  # refused at once, not after loading the data
@@ -194,7 +199,8 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
         "train_on_validation": bool(train_on_validation),
         "rounds": rounds,
         "final_round": final_round,  # the round whose model is the result (gate: accepted)
-        "references": _references(exp, splits, output_dir, references, rounds, progress),
+        "references": _references(exp, splits, output_dir, references, rounds, progress,
+                                  train_on_validation),
         **exp.runtime(),  # mesh shape, device kind, number of processes
     }
     if primary:
@@ -223,6 +229,11 @@ class _Settings:
   review: bool
   resume_command: str | None
   extra_train: dict | None = None  # run.train_on_validation: clean rows every training adds
+
+  def training_splits(self, train: dict) -> dict:
+    """What a round's `train_prompt` gets: `train` (plus the extra clean rows), evaluated on
+    validation, or on the gate slice when validation is part of the training."""
+    return _training_splits(self.splits, train, self.extra_train is not None)
 
   @property
   def ledger_path(self) -> str:
@@ -323,8 +334,7 @@ def _train_round(job: _Settings, train: dict, r: int, initial_prompt):
   exp = job.exp
   hook = (tracin_strategies.in_run_hook(job.strategy, exp.spec, job.splits["validation"])
           if r < job.num_rounds else None)  # tracin.source = "in_run": scored while training
-  fit = with_extra_rows(train, job.extra_train)
-  result = train_prompt(exp.spec, exp.frozen, {**job.splits, "train": fit}, job.round_dir(r),
+  result = train_prompt(exp.spec, exp.frozen, job.training_splits(train), job.round_dir(r),
                         initial_prompt=initial_prompt, progress=job.progress, mesh=exp.mesh,
                         in_run=hook)
   summary = {"round": r, "label_names": list(exp.data.label_names),
@@ -499,18 +509,29 @@ def checked_ledger(output_dir: str, train_source: dict, primary: bool) -> list:
   return entries
 
 
+def _training_splits(splits: dict, train: dict, train_on_validation: bool) -> dict:
+  if not train_on_validation:
+    return {**splits, "train": train}
+  return {**splits, "train": with_extra_rows(train, splits["validation"]),
+          "validation": splits["gate"]}
+
+
 def _references(exp: Experiment, splits: dict, output_dir: str, references: tuple,
-                rounds: list[dict], progress: bool) -> dict:
+                rounds: list[dict], progress: bool, train_on_validation: bool = False) -> dict:
   out = {}
   if "clean" in references:
-    clean_dir = files.join(output_dir, "references", "clean")
+    # The same data as the rounds, labels uncorrected: with train_on_validation, the
+    # validation examples too (its own directory: earlier runs trained without them).
+    name = "clean_with_validation" if train_on_validation else "clean"
+    clean_dir = files.join(output_dir, "references", name)
     train = dict(splits["train"])
     train["label"] = train["original_label"].copy()
     metrics_path = files.join(clean_dir, "metrics.json")
     if files.exists(metrics_path):
       metrics = files.read_json(metrics_path)
     else:
-      metrics = train_prompt(exp.spec, exp.frozen, {**splits, "train": train}, clean_dir,
+      metrics = train_prompt(exp.spec, exp.frozen,
+                             _training_splits(splits, train, train_on_validation), clean_dir,
                              progress=progress, mesh=exp.mesh).metrics
     out["clean"] = {"test": metrics.get("test", {}),
                     "validation": metrics["epochs"][-1].get("validation", {})}

@@ -47,8 +47,17 @@ def format_markdown(summary: dict) -> str:
               "relabels go to the model's most likely other class, and precision counts changed "
               "labels that were corrupted even when the new label is still wrong."]
   refs = summary["references"]
+  with_validation = summary.get("train_on_validation", {})
   lines += ["", f"References (test AUC): round 0 (no recovery) {_cell(refs['round0_test_auc'], '')}"
-            f", clean labels {_cell(refs['clean_test_auc'], '')}.", ""]
+            f", clean labels {_cell(refs['clean_test_auc'], '')}"
+            + (" (both trained on the validation examples too)"
+               if refs.get("train_on_validation") else "") + "."]
+  if any(with_validation.values()):
+    lines.append("Trained on the validation examples the strategies see, with their clean "
+                 "labels, in every round (run.train_on_validation; each such group has its own "
+                 "round 0 and clean reference): "
+                 + ", ".join(name for name in strategies if with_validation.get(name)) + ".")
+  lines.append("")
   header = ["strategy"] + [title for _, title, _ in METRICS]
   rows = [[label(name)] + [_cell(summary["strategies"][name].get(k), k) for k, _, _ in METRICS]
           for name in strategies]
