@@ -154,6 +154,7 @@ import gbair_jax.recovery.benchmark
 train_prompt.tensorboard = False
 run.num_rounds = 1
 run.progress = False
+run.gate = True
 benchmark.strategies = ['class_vote_knn', 'aum', 'loss', 'confident_learning', 'loss+validation']
 confident_learning_strategy.num_folds = 2
 benchmark.seeds = (3,)
@@ -177,6 +178,9 @@ benchmark.seeds = (3,)
   assert summary["paired"]["class_vote_knn"]["vs_loss+validation"]["mean_diff"] == pytest.approx(
       vote[0] - control[0])
   assert "vs loss+validation" in markdown and "| loss+validation |" in markdown
+  assert summary["train_on_validation"] == {"class_vote_knn": False, "aum": False, "loss": False,
+                                            "confident_learning": False, "loss+validation": True}
+  assert "in every round (run.train_on_validation" in markdown and ": loss+validation." in markdown
 
 
 def _gbair(*args):
