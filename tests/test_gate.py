@@ -63,6 +63,11 @@ def test_rejected_rounds_are_rolled_back_and_the_budget_halves(experiment, tmp_p
   train = experiment.data.splits["train"]
   np.testing.assert_array_equal(apply_ledger(train, ledger, before_round=3)["label"], train["label"])
   assert rounds[-1]["wrong_labels"] == int(np.sum(train["label"] != train["original_label"]))
+  # report.md says which of the changes the final model did not train on.
+  fixed = report["num_corrupted"] - rounds[-1]["corrupted_remaining"]
+  assert (f"The gate rolled back 9 of them; the final model (round 0) trained on the rest, "
+          f"which fix {fixed} of the {report['num_corrupted']} corrupted labels."
+          in open(os.path.join(out, "report.md")).read())
   # A rerun reuses every round, gate state included.
   again = loop.run(out, num_rounds=2, strategy="loss", gate=True, references=(),
                    experiment=experiment, progress=False)

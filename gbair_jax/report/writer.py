@@ -117,7 +117,7 @@ def write_report(output_dir: str, report: dict, label_names) -> None:
         f"labels: {', '.join(label_names)}.", "",
         format_table(report), "", THRESHOLD_NOTE, "",
         f"Labels changed over all rounds: {changed}, of which truly corrupted: {true_changes}"
-        + (f" ({true_changes / changed:.0%})." if changed else "."),
+        + (f" ({true_changes / changed:.0%})." if changed else ".") + _rollback_note(report),
         f"Share of the test AUC lost to corruption that the final round recovered: "
         f"{_fmt(report['recovered_share_of_lost_auc'])}.", ""]
   md += [f"![{name}]({files.basename(path)})" for name, path in figures.items()]
@@ -125,6 +125,20 @@ def write_report(output_dir: str, report: dict, label_names) -> None:
   md += review_section(report)
   files.write_text(files.join(output_dir, "report.md"), "\n".join(md))
   _write_tensorboard(output_dir, report)
+
+
+def _rollback_note(report: dict) -> str:
+  """What the gate undid: the final model trained without those changes."""
+  rolled_back = sum((r.get("gate") or {}).get("rolled_back", 0) for r in report["rounds"])
+  if not rolled_back:
+    return ""
+  # After the last round's rollback the labels are the ones the final model trained on.
+  remaining = report["rounds"][-1].get("corrupted_remaining")
+  fixed = "" if remaining is None else (
+      f", which fix {report['num_corrupted'] - remaining} of the {report['num_corrupted']} "
+      "corrupted labels")
+  return (f" The gate rolled back {rolled_back} of them; the final model (round "
+          f"{report['final_round']}) trained on the rest{fixed}.")
 
 
 REVIEW_COLUMNS = ("round", "suspects", "decided", "accept", "reject", "relabel", "drop",
