@@ -57,3 +57,12 @@ def test_training_on_validation_always_keeps_a_gate_slice_out(path):
   except ValueError:
     on = False
   assert not on or gin.query_parameter("run.gate") is True
+
+
+def test_review_config_runs_plain_rounds():
+  """`gbair run --review` refuses gated rounds: the README's review command uses this file."""
+  config_lib.parse_gin(["gin/runs/quickstart_review.gin"])
+  assert gin.query_parameter("run.gate") is False
+  assert gin.query_parameter("run.strategy") == "class_vote_knn"
+  with open(os.path.join(REPO, "README.md")) as f:
+    assert "gbair run --gin_file=gin/runs/quickstart_review.gin --output_dir=runs/reviewed --review" in f.read()

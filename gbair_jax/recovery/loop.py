@@ -151,7 +151,9 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
                       "needs run.gate=False")
     if review:
       raise UserError("run.gate=True and --review cannot be combined yet: a reviewed "
-                      "round's decisions are final")
+                      "round's decisions are final (add --gin.run.gate=False "
+                      "--gin.run.train_on_validation=False, or use "
+                      "gin/runs/quickstart_review.gin)")
   if train_on_validation and gate_config is None:
     raise UserError("run.train_on_validation=True needs run.gate=True: the gate slice is "
                     "then the only validation left out of training (metrics, threshold)")
