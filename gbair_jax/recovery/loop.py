@@ -170,7 +170,8 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
   if train_on_validation and tracin_strategies.in_run_hook(
       strategy, exp.spec, splits["validation"]) is not None:
     raise UserError("run.train_on_validation=True needs tracin.source = 'checkpoints': the "
-                    "in-run accumulators cover the training rows only")
+                    "in-run accumulators cover the training rows only (add "
+                    "--gin.run.train_on_validation=False for in-run scoring)")
   train_source = splits["train"]
   selection_count = actions.selection_size(len(train_source["label"]))
   if progress:
