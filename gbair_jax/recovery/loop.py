@@ -9,11 +9,12 @@ With `gate=True` (gin `run.gate`; the default policy in gin/runs/base.gin) a rou
 model is worse than the last accepted one on a held-out slice of validation undoes the
 previous round's relabels and halves the budget (recovery/gate.py).
 
-With `train_on_validation=True` (gin `run.train_on_validation`) the validation examples the
-strategies see join every round's training with their clean labels (never as candidates):
-the control that gives a strategy which ignores validation labels (loss, confident
-learning, AUM) the same clean data a validation-voting one (class_vote) uses. Validation
-metrics are then in-sample; the gate slice and test stay held out.
+With `train_on_validation=True` (gin `run.train_on_validation`; on in gin/runs/base.gin)
+the validation examples the strategies see join every round's training with their clean
+labels (never as candidates): clean data a user has, and the same data for a strategy that
+ignores validation labels (loss, confident learning, AUM) as for one that votes with them
+(class_vote). It needs the gate: the gate slice, never trained on, then gives the
+per-epoch validation metrics and the decision threshold.
 
 With `review=True` (`gbair run --review`) a recovery round stops after selection, before
 any label changes, and leaves `round_<r>/proposals.json` plus the evidence for
