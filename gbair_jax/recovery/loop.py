@@ -234,11 +234,6 @@ class _Settings:
   resume_command: str | None
   extra_train: dict | None = None  # run.train_on_validation: clean rows every training adds
 
-  def training_splits(self, train: dict) -> dict:
-    """What a round's `train_prompt` gets: `train` (plus the extra clean rows), evaluated on
-    validation, or on the gate slice when validation is part of the training."""
-    return _training_splits(self.splits, train, self.extra_train is not None)
-
   @property
   def ledger_path(self) -> str:
     return files.join(self.output_dir, LEDGER_FILE)
@@ -338,7 +333,8 @@ def _train_round(job: _Settings, train: dict, r: int, initial_prompt):
   exp = job.exp
   hook = (tracin_strategies.in_run_hook(job.strategy, exp.spec, job.splits["validation"])
           if r < job.num_rounds else None)  # tracin.source = "in_run": scored while training
-  result = train_prompt(exp.spec, exp.frozen, job.training_splits(train), job.round_dir(r),
+  splits = _training_splits(job.splits, train, job.extra_train)
+  result = train_prompt(exp.spec, exp.frozen, splits, job.round_dir(r),
                         initial_prompt=initial_prompt, progress=job.progress, mesh=exp.mesh,
                         in_run=hook)
   summary = {"round": r, "label_names": list(exp.data.label_names),
@@ -513,11 +509,12 @@ def checked_ledger(output_dir: str, train_source: dict, primary: bool) -> list:
   return entries
 
 
-def _training_splits(splits: dict, train: dict, train_on_validation: bool) -> dict:
-  if not train_on_validation:
+def _training_splits(splits: dict, train: dict, extra_train: dict | None) -> dict:
+  """What `train_prompt` gets: `train` evaluated on validation, or, when validation rows
+  join the training (`extra_train`), `train` + those rows evaluated on the gate slice."""
+  if extra_train is None:
     return {**splits, "train": train}
-  return {**splits, "train": with_extra_rows(train, splits["validation"]),
-          "validation": splits["gate"]}
+  return {**splits, "train": with_extra_rows(train, extra_train), "validation": splits["gate"]}
 
 
 def _references(exp: Experiment, splits: dict, output_dir: str, references: tuple,
@@ -527,6 +524,7 @@ def _references(exp: Experiment, splits: dict, output_dir: str, references: tupl
     # The same data as the rounds, labels uncorrected: with train_on_validation, the
     # validation examples too (its own directory: earlier runs trained without them).
     name = "clean_with_validation" if train_on_validation else "clean"
+    extra = splits["validation"] if train_on_validation else None
     clean_dir = files.join(output_dir, "references", name)
     train = dict(splits["train"])
     train["label"] = train["original_label"].copy()
@@ -535,7 +533,7 @@ def _references(exp: Experiment, splits: dict, output_dir: str, references: tupl
       metrics = files.read_json(metrics_path)
     else:
       metrics = train_prompt(exp.spec, exp.frozen,
-                             _training_splits(splits, train, train_on_validation), clean_dir,
+                             _training_splits(splits, train, extra), clean_dir,
                              progress=progress, mesh=exp.mesh).metrics
     out["clean"] = {"test": metrics.get("test", {}),
                     "validation": metrics["epochs"][-1].get("validation", {})}
