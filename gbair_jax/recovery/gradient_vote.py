@@ -84,7 +84,10 @@ def class_votes(kernel: np.ndarray, query_labels: np.ndarray, num_classes: int,
       values = kernel[:, members]
       if neighbours is not None and neighbours < values.shape[1]:
         values = np.partition(values, values.shape[1] - neighbours, axis=1)[:, -neighbours:]
-      votes[:, k] = values.mean(axis=1)
+      # -inf marks a pair that must not vote (a voter on itself, vote_calibration.py).
+      finite = np.isfinite(values)
+      votes[:, k] = np.where(finite, values, 0.0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
+      votes[~finite.any(axis=1), k] = np.nan
   return votes
 
 
@@ -113,8 +116,31 @@ def _pair_batches(ctx: RoundContext, arrays: dict[str, np.ndarray], low, high):
                                      trim_multiple=batches_lib.TRIM_MULTIPLE)
 
 
+@dataclasses.dataclass(frozen=True)
+class Vote:
+  """The vote on the training set, and the same vote on the clean voters themselves.
+
+  scores:  S_other - S_label per training row (-inf where a class had no voter);
+  others:  each row's other class (the pair it was scored in);
+  voter_scores: per (label a, other b), two samples of scores from the validation voters of
+           the pair {a, b}, each voter leaving itself out of its class's vote: `clean` are
+           the a-voters scored at their own label a (what a right label a scores), `flipped`
+           the b-voters scored as if labelled a (what a wrong label a scores). The score is
+           antisymmetric in the label, so one leave-one-out vote per voter gives both.
+  """
+
+  scores: np.ndarray
+  others: np.ndarray
+  voter_scores: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]
+
+
 def class_vote_scores(ctx: RoundContext, neighbours: int | None, center: bool) -> np.ndarray:
-  """S_other - S_label for every training example (see the module docstring).
+  """S_other - S_label for every training example (see the module docstring)."""
+  return class_vote(ctx, neighbours, center).scores
+
+
+def class_vote(ctx: RoundContext, neighbours: int | None, center: bool) -> Vote:
+  """The vote on the training set and on the voters (see `Vote`).
 
   One streamed pass over the training set: each class pair's validation margin gradients
   are held ([checkpoints, M_pair, P x D] for each pair some training example needs; one pair
@@ -132,7 +158,7 @@ def class_vote_scores(ctx: RoundContext, neighbours: int | None, center: bool) -
   low, high = np.minimum(labels, others), np.maximum(labels, others)
   label_of = dict(zip(ctx.validation["example_id"].tolist(), ctx.validation["label"].tolist()))
   rates = np.array([lr for _, lr in ctx.checkpoints], np.float64)
-  voters, means, voter_labels = {}, {}, {}
+  voters, means, voter_labels, voter_scores = {}, {}, {}, {}
   for pair in sorted(set(zip(low.tolist(), high.tolist()))):
     # The pair's voters: the validation examples of its two classes (all of them for C = 2).
     in_pair = np.isin(ctx.validation["label"], pair)
@@ -146,6 +172,8 @@ def class_vote_scores(ctx: RoundContext, neighbours: int | None, center: bool) -
     means[pair] = (features.mean(axis=1, keepdims=True) if center
                    else np.zeros_like(features[:, :1]))
     voters[pair] = _unit(features - means[pair])
+    voter_scores.update(_voters_left_out(voters[pair], voter_labels[pair], pair, rates,
+                                         num_classes, neighbours))
   position = {int(i): n for n, i in enumerate(ctx.train["example_id"])}
   rows_of, own_votes = [], []
   for batch in _pair_batches(ctx, ctx.train, low, high):
@@ -164,7 +192,21 @@ def class_vote_scores(ctx: RoundContext, neighbours: int | None, center: bool) -
     own_votes.append(votes)
   votes = np.full((len(labels), num_classes), np.nan)
   votes[np.concatenate(rows_of)] = np.concatenate(own_votes)
-  return vote_scores(votes, labels, others)
+  return Vote(vote_scores(votes, labels, others), others, voter_scores)
+
+
+def _voters_left_out(voters: np.ndarray, labels: np.ndarray, pair: tuple[int, int],
+                     rates: np.ndarray, num_classes: int, neighbours: int | None):
+  """`Vote.voter_scores` of one pair: every voter voted on by the others (itself excluded)."""
+  kernel = np.einsum("c,cmk,cnk->mn", rates, voters, voters)
+  np.fill_diagonal(kernel, -np.inf)
+  votes = class_votes(kernel, labels, num_classes, neighbours)
+  samples = {}
+  for a, b in (pair, pair[::-1]):
+    as_label_a = votes[:, b] - votes[:, a]          # each voter's score if it were labelled a
+    clean, flipped = as_label_a[labels == a], as_label_a[labels == b]
+    samples[(a, b)] = (clean[np.isfinite(clean)], flipped[np.isfinite(flipped)])
+  return samples
 
 
 @register("class_vote")
