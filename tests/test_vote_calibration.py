@@ -113,6 +113,11 @@ def test_a_round_changes_only_the_calibrated_suspects(tmp_path, label_names, spl
   assert sum(c["suspects"] for c in cells) == np.isfinite(scores).sum() > 0
   assert np.all(scores[np.isfinite(scores)] > 0)  # log-odds above the break-even
   assert report["rounds"][0]["selected"] == min(6, int(np.isfinite(scores).sum()))
+  with open(os.path.join(out, "report.md")) as f:
+    section = f.read().split("## What the calibrated vote estimated")[1]
+  rows = [line for line in section.splitlines() if line.startswith("| 0 |")]
+  assert len(rows) == len(cells)
+  assert rows[0].split(" | ")[1:3] == [label_names[cells[0]["label"]], label_names[cells[0]["other"]]]
   if len(label_names) == 3:
     assert {(c["label"], c["other"]) for c in cells} <= {
         (a, b) for a in range(3) for b in range(3) if a != b}

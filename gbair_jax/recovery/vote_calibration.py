@@ -38,10 +38,10 @@ from gbair_jax.errors import UserError
 from gbair_jax.recovery import gradient_vote
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery.registry import register
+from gbair_jax.report.writer import CALIBRATION_FILE
 from gbair_jax.runtime import files
 from gbair_jax.runtime import process
 
-CALIBRATION_FILE = "calibration.json"
 _PRIOR_RANGE = (1e-4, 1 - 1e-4)
 
 

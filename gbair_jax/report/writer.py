@@ -120,6 +120,7 @@ def write_report(output_dir: str, report: dict, label_names) -> None:
         + (f" ({true_changes / changed:.0%})." if changed else ".") + _rollback_note(report),
         f"Share of the test AUC lost to corruption that the final round recovered: "
         f"{_fmt(report['recovered_share_of_lost_auc'])}.", ""]
+  md += calibration_section(output_dir, report, label_names)
   md += [f"![{name}]({files.basename(path)})" for name, path in figures.items()]
   md += ["", "Audit every change in `round_<r>/suspects.jsonl`; the ledger is `ledger.jsonl`.", ""]
   md += review_section(report)
@@ -139,6 +140,33 @@ def _rollback_note(report: dict) -> str:
       "corrupted labels")
   return (f" The gate rolled back {rolled_back} of them; the final model (round "
           f"{report['final_round']}) trained on the rest{fixed}.")
+
+
+# Each round's estimate of `class_vote_calibrated` (recovery/vote_calibration.py writes it).
+CALIBRATION_FILE = "calibration.json"
+
+
+def calibration_section(output_dir: str, report: dict, label_names) -> list[str]:
+  """What `class_vote_calibrated` estimated in each round (round_<r>/calibration.json):
+  how many wrong labels each class holds, and how many examples it found likelier wrong than
+  right. Nothing for other strategies."""
+  rows = []
+  for r in report["rounds"]:
+    path = files.join(output_dir, f"round_{r['round']}", CALIBRATION_FILE)
+    if not files.exists(path):
+      continue
+    for cell in files.read_json(path)["cells"]:
+      rows.append([str(r["round"]), label_names[cell["label"]], label_names[cell["other"]],
+                   str(cell["examples"]),
+                   "-" if cell["estimated_wrong"] is None else f"{cell['estimated_wrong']:.1f}",
+                   str(cell["suspects"])])
+  if not rows:
+    return []
+  return ["## What the calibrated vote estimated", "",
+          markdown_table(("round", "label", "other class", "examples", "estimated wrong",
+                          "suspects (posterior > min_posterior)"), rows), "",
+          "A round changes at most its budget of the suspects, most likely wrong first; "
+          "`-`: the voters could not calibrate that class, so it had no suspects.", ""]
 
 
 REVIEW_COLUMNS = ("round", "suspects", "decided", "accept", "reject", "relabel", "drop",
