@@ -123,9 +123,13 @@ def test_a_round_changes_only_the_calibrated_suspects(tmp_path, label_names, spl
         (a, b) for a in range(3) for b in range(3) if a != b}
 
 
-def test_min_posterior_must_be_a_probability(tmp_path):
-  gin.bind_parameter("class_vote_calibrated_strategy.min_posterior", 1.0)
-  with pytest.raises(UserError, match="min_posterior = 1.0: must be a number in"):
+@pytest.mark.parametrize("binding,value,message", [
+    ("class_vote_calibrated_strategy.min_posterior", 1.0, "min_posterior = 1.0: must be a number in"),
+    ("class_vote_calibrated_strategy.neighbours", 0,
+     "class_vote_calibrated_strategy.neighbours = 0: must be an integer >= 1")])
+def test_bad_bindings_are_named(tmp_path, binding, value, message):
+  gin.bind_parameter(binding, value)
+  with pytest.raises(UserError, match=message):
     loop.run(str(tmp_path / "run"), num_rounds=1, strategy="class_vote_calibrated",
              references=(), experiment=_experiment(("negative", "positive"), synthetic_split, 12),
              progress=False)

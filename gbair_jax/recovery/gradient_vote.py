@@ -139,8 +139,10 @@ def class_vote_scores(ctx: RoundContext, neighbours: int | None, center: bool) -
   return class_vote(ctx, neighbours, center).scores
 
 
-def class_vote(ctx: RoundContext, neighbours: int | None, center: bool) -> Vote:
-  """The vote on the training set and on the voters (see `Vote`).
+def class_vote(ctx: RoundContext, neighbours: int | None, center: bool,
+               binding: str = "class_vote_knn_strategy.neighbours") -> Vote:
+  """The vote on the training set and on the voters (see `Vote`); `binding` names the gin
+  parameter `neighbours` came from, for the error.
 
   One streamed pass over the training set: each class pair's validation margin gradients
   are held ([checkpoints, M_pair, P x D] for each pair some training example needs; one pair
@@ -149,7 +151,7 @@ def class_vote(ctx: RoundContext, neighbours: int | None, center: bool) -> Vote:
   """
   if neighbours is not None and (isinstance(neighbours, bool) or not isinstance(neighbours, int)
                                  or neighbours < 1):
-    raise UserError(f"class_vote_knn.neighbours = {neighbours!r}: must be an integer >= 1")
+    raise UserError(f"{binding} = {neighbours!r}: must be an integer >= 1")
   num_classes = len(ctx.spec.label_names)
   loss = MarginLoss(ctx.spec)
   labels = np.asarray(ctx.train["label"])

@@ -103,7 +103,8 @@ def class_vote_calibrated_strategy(ctx: RoundContext, neighbours: int = 20, cent
       0 < min_posterior < 1):
     raise UserError(f"class_vote_calibrated_strategy.min_posterior = {min_posterior!r}: "
                     "must be a number in (0, 1)")
-  vote = gradient_vote.class_vote(ctx, neighbours, center)
+  vote = gradient_vote.class_vote(ctx, neighbours, center,
+                                  binding="class_vote_calibrated_strategy.neighbours")
   scores, cells = calibrated_scores(vote, ctx.train["label"], float(min_posterior))
   if ctx.round_dir is not None and process.is_primary():
     files.write_json(files.join(ctx.round_dir, CALIBRATION_FILE),
