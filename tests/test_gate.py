@@ -85,6 +85,58 @@ def test_accepted_rounds_keep_their_changes(experiment, tmp_path, monkeypatch):
   assert not any(e.strategy == gate_lib.GATE_ROLLBACK for e in ledger)
 
 
+def test_difference_noise_is_a_paired_seeded_standard_error():
+  rng = np.random.default_rng(0)
+  labels = np.array([0] * 80 + [1] * 40)
+  gate = {"label": labels}
+  config = gate_lib.GateConfig(resamples=200)
+  logits = np.stack([np.zeros(120), labels + rng.normal(0, 1.0, 120)], axis=1)
+  # A model against itself: no noise at all (the resamples are paired).
+  assert gate_lib.difference_noise(logits, logits, gate, config) == 0.0
+  other = np.stack([np.zeros(120), labels + rng.normal(0, 1.0, 120)], axis=1)
+  noise = gate_lib.difference_noise(other, logits, gate, config)
+  assert noise == gate_lib.difference_noise(other, logits, gate, config)  # seeded
+  # Against a brute-force bootstrap of independent draws: the same size.
+  draws = []
+  for _ in range(400):
+    rows = np.concatenate([rng.choice(np.flatnonzero(labels == c), size=np.sum(labels == c))
+                           for c in (0, 1)])
+    draws.append(gate_lib.gate_value(other[rows], {"label": labels[rows]}, config)
+                 - gate_lib.gate_value(logits[rows], {"label": labels[rows]}, config))
+  assert noise == pytest.approx(np.std(draws, ddof=1), rel=0.25)
+  assert 0.005 < noise < 0.1
+  # A fall inside noise_z standard errors is tolerated; beyond them it is not.
+  lenient = gate_lib.GateConfig(noise_z=1.0)
+  assert not gate_lib.rejects(0.79, 0.80, lenient, noise=0.02)
+  assert gate_lib.rejects(0.77, 0.80, lenient, noise=0.02)
+  assert gate_lib.rejects(0.79, 0.80, gate_lib.GateConfig(), noise=0.02)
+  for bad, message in ((dict(noise_z=-1.0), "noise_z=-1.0 must be >= 0"),
+                       (dict(resamples=5), "resamples=5 must be an integer >= 10")):
+    with pytest.raises(UserError, match=message):
+      gate_lib.GateConfig(**bad).check()
+
+
+def test_a_fall_within_the_gate_noise_keeps_the_round(experiment, tmp_path, monkeypatch):
+  """With GateConfig.noise_z, the gate compares the fall with its standard error, computed
+  against the accepted model's logits on the gate slice."""
+  _scripted_gate(monkeypatch, [0.80, 0.79, 0.70])
+  seen = []
+
+  def noise(logits, accepted_logits, gate, config):
+    seen.append((logits.shape, accepted_logits.shape, len(gate["label"])))
+    return 0.02
+
+  monkeypatch.setattr(gate_lib, "difference_noise", noise)
+  gin.bind_parameter("GateConfig.noise_z", 1.0)
+  report = loop.run(str(tmp_path / "run"), num_rounds=2, strategy="loss", gate=True,
+                    references=(), experiment=experiment, progress=False)
+  gates = [r["gate"] for r in report["rounds"]]
+  assert [g["accepted"] for g in gates] == [True, True, False]  # -0.01 kept, -0.09 not
+  assert [g["noise"] for g in gates] == [None, 0.02, 0.02]
+  assert len(seen) == 2 and all(a == b and a[0] == n for a, b, n in seen)
+  assert report["final_round"] == 1
+
+
 def test_gate_holds_out_validation_and_scores_the_real_model(experiment, tmp_path):
   report = loop.run(str(tmp_path / "run"), num_rounds=1, strategy="loss", gate=True,
                     references=(), experiment=experiment, progress=False)

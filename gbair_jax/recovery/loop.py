@@ -353,7 +353,13 @@ def _gate_round(job: _Settings, result, summary: dict, entries: list, state: _Ro
   logits = predict_logits(exp.spec, result.prompt, exp.frozen, job.splits["gate"], mesh=exp.mesh)
   value = gate_lib.gate_value(logits, job.splits["gate"], gate)
   last_changes = [e for e in entries if e.round == r - 1 and not gate_lib.is_rollback(e)]
-  rejected = bool(last_changes) and gate_lib.rejects(value, state.accepted_value, gate)
+  noise = None
+  if last_changes and gate.noise_z > 0:  # the accepted model on the same gate resamples
+    accepted_logits = predict_logits(exp.spec, _last_prompt(job.round_dir(state.accepted_round)),
+                                     exp.frozen, job.splits["gate"], mesh=exp.mesh)
+    noise = gate_lib.difference_noise(logits, accepted_logits, job.splits["gate"], gate)
+  rejected = bool(last_changes) and gate_lib.rejects(value, state.accepted_value, gate,
+                                                     noise or 0.0)
   if rejected:
     state.budget //= 2
   else:
@@ -361,7 +367,7 @@ def _gate_round(job: _Settings, result, summary: dict, entries: list, state: _Ro
   summary["budget"] = state.budget
   summary["gate"] = {"metric": gate.metric, "value": value, "accepted": not rejected,
                      "accepted_round": state.accepted_round,
-                     "accepted_value": state.accepted_value,
+                     "accepted_value": state.accepted_value, "noise": noise,
                      "rolled_back": len(last_changes) if rejected else 0}
   return gate_lib.rollback_entries(last_changes, r) if rejected else []
 
