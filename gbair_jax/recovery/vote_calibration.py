@@ -60,7 +60,8 @@ def flip_log_odds(scores: np.ndarray, clean: np.ndarray, flipped: np.ndarray,
   likelihood_ratio = ((scores - mu_clean) ** 2 - (scores - mu_flipped) ** 2) / (2 * sigma ** 2)
   prior = 0.5
   for _ in range(iterations):
-    posterior = 1 / (1 + np.exp(-(likelihood_ratio + np.log(prior / (1 - prior)))))
+    log_odds = likelihood_ratio + np.log(prior / (1 - prior))
+    posterior = 0.5 * (1 + np.tanh(log_odds / 2))  # the logistic, without exp overflow
     updated = float(np.clip(np.mean(posterior), *_PRIOR_RANGE)) if len(scores) else prior
     if abs(updated - prior) < 1e-9:
       break
