@@ -47,9 +47,9 @@ _PRIOR_RANGE = (1e-4, 1 - 1e-4)
 
 def flip_log_odds(scores: np.ndarray, clean: np.ndarray, flipped: np.ndarray,
                   iterations: int = 200) -> tuple[np.ndarray, dict]:
-  """Log-odds that each score belongs to a wrong label (module docstring), and the cell's
-  estimate ({"prior", "mu_clean", "mu_flipped", "sigma"}); log-odds -inf everywhere when the
-  voters cannot calibrate the cell."""
+  """Log-odds that each score (at least one) belongs to a wrong label (module docstring),
+  and the cell's estimate ({"prior", "mu_clean", "mu_flipped", "sigma"}); log-odds -inf
+  everywhere when the voters cannot calibrate the cell."""
   scores = np.asarray(scores, np.float64)
   if len(clean) < 2 or len(flipped) < 2 or np.mean(flipped) <= np.mean(clean):
     return np.full(len(scores), -np.inf), {"prior": None}
@@ -62,7 +62,7 @@ def flip_log_odds(scores: np.ndarray, clean: np.ndarray, flipped: np.ndarray,
   for _ in range(iterations):
     log_odds = likelihood_ratio + np.log(prior / (1 - prior))
     posterior = 0.5 * (1 + np.tanh(log_odds / 2))  # the logistic, without exp overflow
-    updated = float(np.clip(np.mean(posterior), *_PRIOR_RANGE)) if len(scores) else prior
+    updated = float(np.clip(np.mean(posterior), *_PRIOR_RANGE))
     if abs(updated - prior) < 1e-9:
       break
     prior = updated
