@@ -105,7 +105,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-30)
 
 
-def _pair_batches(ctx: RoundContext, arrays: dict[str, np.ndarray], low, high):
+def pair_batches(ctx: RoundContext, arrays: dict[str, np.ndarray], low, high):
   """Batches of `arrays` as TracIn scores them (shortest first, padding trimmed), with each
   row's class pair as batch keys (`low` / `high` arrays, or scalars for every row)."""
   num = len(arrays["label"])
@@ -168,7 +168,7 @@ def class_vote(ctx: RoundContext, neighbours: int | None, center: bool,
       continue  # no voter: the pair's examples score -inf
     pair_validation = {k: v[in_pair] for k, v in ctx.validation.items()}
     queries = tracin.query_gradients(loss, ctx.checkpoints, ctx.frozen,
-                                     _pair_batches(ctx, pair_validation, *pair))
+                                     pair_batches(ctx, pair_validation, *pair))
     voter_labels[pair] = np.array([label_of[int(i)] for i in queries.example_ids])
     features = queries.features.astype(np.float64)                    # [C, M, k]
     means[pair] = (features.mean(axis=1, keepdims=True) if center
@@ -178,7 +178,7 @@ def class_vote(ctx: RoundContext, neighbours: int | None, center: bool,
                                          num_classes, neighbours))
   position = {int(i): n for n, i in enumerate(ctx.train["example_id"])}
   rows_of, own_votes = [], []
-  for batch in _pair_batches(ctx, ctx.train, low, high):
+  for batch in pair_batches(ctx, ctx.train, low, high):
     valid = np.asarray(batch["valid"], bool)
     if not valid.any():
       continue
