@@ -116,7 +116,7 @@ def first_order_gains(ctx: RoundContext, damping: float) -> np.ndarray:
 
 @register("first_order_gain")
 @gin.configurable(denylist=["ctx"])
-def first_order_gain_strategy(ctx: RoundContext, damping: float = 1.0) -> np.ndarray:
+def first_order_gain_strategy(ctx: RoundContext, damping: float = 10.0) -> np.ndarray:
   """Predicted validation-AUC gain of relabelling each example; suspects: gain > 0."""
   if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping > 0:
     raise UserError(f"first_order_gain_strategy.damping = {damping!r}: must be a number > 0")
