@@ -19,7 +19,8 @@ validation objective A moves by
       enters), lambda = damping x trace / d.
 
 d = prompt length x width is small, so H^-1 is applied exactly: directly when d <= N, by
-the Woodbury identity on the N x N side otherwise. H^-1 takes out the direction every
+the Woodbury identity on the N x N side otherwise (memory: the N x d margin gradients, in
+float64, and a min(N, d)^2 factor). H^-1 takes out the direction every
 margin gradient shares (the one gradient_vote.py centres away by hand) and weighs the rest
 by how little the training set already pins it down. Only a positive predicted gain makes a
 suspect; the rest score -inf, so a round changes no more labels than are predicted to help.
