@@ -56,8 +56,8 @@ def main() -> None:
     truth = np.asarray(ctx.train["is_corrupted"], bool)
     budget = actions.selection_size(len(truth))
     for name in names:
-      variants = sweep_values if sweep_binding and sweep_binding.startswith(
-          name.split("+")[0] + "_") else [None]
+      configurable = sweep_binding.rsplit(".", 1)[0] if sweep_binding else None
+      variants = sweep_values if configurable in (name, f"{name}_strategy") else [None]
       for value in variants:
         label = name if value is None else f"{name}[{sweep_binding.split('.')[-1]}={value:g}]"
         if value is not None:
