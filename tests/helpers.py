@@ -5,6 +5,10 @@ import socket
 
 import numpy as np
 
+# Short trainings for strategy tests (gin; a test adds its own selection size).
+SMALL_TRAINING_GIN = ("train_prompt.num_epochs = 2\ntrain_prompt.batch_size = 16\n"
+                      "train_prompt.tensorboard = False\n")
+
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "terrible", "nasty", "ugly"]
 NEUTRAL = ["plain", "usual", "average", "normal", "okay", "standard"]
@@ -94,3 +98,18 @@ selection_size.select_count = 5
 tracin_opponents.top_k = 8
 {extra}""")
   return str(path)
+
+
+def tiny_experiment(label_names, split, num_train: int = 48, corrupt: int = 12):
+  """An Experiment on the tiny BERT: `split` (synthetic_split or the three-class one) gives
+  `num_train` training rows with `corrupt` flipped, 32 validation and 24 test rows."""
+  from gbair_jax.data.dataset import LabeledData  # pylint: disable=g-import-not-at-top
+  from gbair_jax.models.bert import tiny_bert  # pylint: disable=g-import-not-at-top
+  from gbair_jax.models.classifier import build_classifier  # pylint: disable=g-import-not-at-top
+  from gbair_jax.train.experiment import Experiment  # pylint: disable=g-import-not-at-top
+  backbone = tiny_bert()
+  data = LabeledData(task="synthetic", label_names=label_names, splits={
+      "train": split(num_train, 0, corrupt=corrupt), "validation": split(32, 1, 1000),
+      "test": split(24, 2, 2000)})
+  return Experiment(data=data, spec=build_classifier(backbone, label_names, prompt_length=4),
+                    frozen=backbone.load_params(), sequence_length=12)

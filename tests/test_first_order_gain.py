@@ -7,26 +7,19 @@ import jax
 import numpy as np
 import pytest
 
-from gbair_jax.data.dataset import LabeledData
 from gbair_jax.errors import UserError
 from gbair_jax.influence.per_example_grads import per_example_grads
-from gbair_jax.models.bert import tiny_bert
-from gbair_jax.models.classifier import build_classifier
 from gbair_jax.recovery import first_order_gain, loop
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery.gradient_vote import MarginLoss
-from gbair_jax.train.experiment import Experiment
 from gbair_jax.train.trainer import predict_logits
-from tests.helpers import synthetic_split, synthetic_three_class_split
+from tests.helpers import (SMALL_TRAINING_GIN, synthetic_split, synthetic_three_class_split,
+                           tiny_experiment)
 
 
 @pytest.fixture(autouse=True)
-def small_gin():
-  gin.clear_config()
-  gin.parse_config("train_prompt.num_epochs = 2\ntrain_prompt.batch_size = 16\n"
-                   "train_prompt.tensorboard = False\nselection_size.select_count = 6")
-  yield
-  gin.clear_config()
+def small_gin():  # after conftest's clean_gin, which clears gin around every test
+  gin.parse_config(SMALL_TRAINING_GIN + "selection_size.select_count = 6")
 
 
 @pytest.mark.parametrize("rows,dim", [(40, 12), (12, 40)])  # direct, then Woodbury
@@ -58,19 +51,10 @@ def test_auc_surrogate_gradient_matches_finite_differences():
   assert not first_order_gain.auc_surrogate_gradient(u, m0, np.ones(9, bool)).any()
 
 
-def _experiment(label_names, split):
-  backbone = tiny_bert()
-  data = LabeledData(task="synthetic", label_names=label_names, splits={
-      "train": split(48, 0, corrupt=12), "validation": split(32, 1, 1000),
-      "test": split(24, 2, 2000)})
-  return Experiment(data=data, spec=build_classifier(backbone, label_names, prompt_length=4),
-                    frozen=backbone.load_params(), sequence_length=12)
-
-
 def test_gains_match_a_brute_force_computation():
   """Three classes: each example's margin towards its most likely other class, H built
   explicitly from every row's own margin gradient, A from the pair's validation examples."""
-  exp = _experiment(("negative", "neutral", "positive"), synthetic_three_class_split)
+  exp = tiny_experiment(("negative", "neutral", "positive"), synthetic_three_class_split)
   tokenized = exp.tokenized_splits()
   train, validation = tokenized["train"], tokenized["validation"]
   base = np.asarray(exp.spec.initial_prompt(jax.random.PRNGKey(0), exp.frozen))
@@ -125,7 +109,7 @@ def test_gains_match_a_brute_force_computation():
 def test_a_round_changes_only_examples_with_a_predicted_gain(tmp_path):
   out = str(tmp_path / "run")
   report = loop.run(out, num_rounds=1, strategy="first_order_gain", references=(),
-                    experiment=_experiment(("negative", "positive"), synthetic_split),
+                    experiment=tiny_experiment(("negative", "positive"), synthetic_split),
                     progress=False)
   scores = np.load(os.path.join(out, "round_0", "scores.npz"))["score"]
   positive = np.isfinite(scores)
@@ -138,4 +122,4 @@ def test_bad_damping_is_named(tmp_path):
   gin.bind_parameter("first_order_gain_strategy.damping", 0.0)
   with pytest.raises(UserError, match=r"first_order_gain_strategy.damping = 0.0: must be"):
     loop.run(str(tmp_path / "run"), num_rounds=1, strategy="first_order_gain", references=(),
-             experiment=_experiment(("negative", "positive"), synthetic_split), progress=False)
+             experiment=tiny_experiment(("negative", "positive"), synthetic_split), progress=False)

@@ -7,22 +7,15 @@ import gin
 import numpy as np
 import pytest
 
-from gbair_jax.data.dataset import LabeledData
 from gbair_jax.errors import UserError
-from gbair_jax.models.bert import tiny_bert
-from gbair_jax.models.classifier import build_classifier
 from gbair_jax.recovery import gradient_vote, loop, vote_calibration
-from gbair_jax.train.experiment import Experiment
-from tests.helpers import synthetic_split, synthetic_three_class_split
+from tests.helpers import (SMALL_TRAINING_GIN, synthetic_split, synthetic_three_class_split,
+                           tiny_experiment)
 
 
 @pytest.fixture(autouse=True)
-def small_gin():
-  gin.clear_config()
-  gin.parse_config("train_prompt.num_epochs = 2\ntrain_prompt.batch_size = 16\n"
-                   "train_prompt.tensorboard = False\nselection_size.select_count = 6")
-  yield
-  gin.clear_config()
+def small_gin():  # after conftest's clean_gin, which clears gin around every test
+  gin.parse_config(SMALL_TRAINING_GIN + "selection_size.select_count = 6")
 
 
 def test_flip_log_odds_finds_the_share_of_wrong_labels():
@@ -88,22 +81,13 @@ def test_each_class_gets_the_suspects_its_noise_earns():
   assert set(np.flatnonzero(np.isfinite(strict))) < set(np.flatnonzero(suspects))
 
 
-def _experiment(label_names, split, corrupt):
-  backbone = tiny_bert()
-  data = LabeledData(task="synthetic", label_names=label_names, splits={
-      "train": split(48, 0, corrupt=corrupt), "validation": split(32, 1, 1000),
-      "test": split(24, 2, 2000)})
-  return Experiment(data=data, spec=build_classifier(backbone, label_names, prompt_length=4),
-                    frozen=backbone.load_params(), sequence_length=12)
-
-
 @pytest.mark.parametrize("label_names,split", [
     (("negative", "positive"), synthetic_split),
     (("negative", "neutral", "positive"), synthetic_three_class_split)])
 def test_a_round_changes_only_the_calibrated_suspects(tmp_path, label_names, split):
   out = str(tmp_path / "run")
   report = loop.run(out, num_rounds=1, strategy="class_vote_calibrated", references=(),
-                    experiment=_experiment(label_names, split, corrupt=12), progress=False)
+                    experiment=tiny_experiment(label_names, split, corrupt=12), progress=False)
   scores = np.load(os.path.join(out, "round_0", "scores.npz"))["score"]
   with open(os.path.join(out, "round_0", vote_calibration.CALIBRATION_FILE)) as f:
     calibration = json.load(f)
@@ -131,5 +115,5 @@ def test_bad_bindings_are_named(tmp_path, binding, value, message):
   gin.bind_parameter(binding, value)
   with pytest.raises(UserError, match=message):
     loop.run(str(tmp_path / "run"), num_rounds=1, strategy="class_vote_calibrated",
-             references=(), experiment=_experiment(("negative", "positive"), synthetic_split, 12),
+             references=(), experiment=tiny_experiment(("negative", "positive"), synthetic_split, corrupt=12),
              progress=False)

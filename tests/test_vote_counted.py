@@ -3,21 +3,13 @@ import gin
 import numpy as np
 import pytest
 
-from gbair_jax.data.dataset import LabeledData
-from gbair_jax.models.bert import tiny_bert
-from gbair_jax.models.classifier import build_classifier
 from gbair_jax.recovery import gradient_vote, loop, out_of_fold, vote_counted
-from gbair_jax.train.experiment import Experiment
-from tests.helpers import synthetic_split
+from tests.helpers import SMALL_TRAINING_GIN, synthetic_split, tiny_experiment
 
 
 @pytest.fixture(autouse=True)
-def small_gin():
-  gin.clear_config()
-  gin.parse_config("train_prompt.num_epochs = 2\ntrain_prompt.batch_size = 16\n"
-                   "train_prompt.tensorboard = False\nselection_size.select_count = 30")
-  yield
-  gin.clear_config()
+def small_gin():  # after conftest's clean_gin, which clears gin around every test
+  gin.parse_config(SMALL_TRAINING_GIN + "selection_size.select_count = 30")
 
 
 def test_counted_suspects_by_hand():
@@ -46,13 +38,7 @@ def test_a_round_takes_cleanlab_counts_and_the_votes_choice(tmp_path, monkeypatc
 
   monkeypatch.setattr(gradient_vote, "class_vote", recording_vote)
   monkeypatch.setattr(out_of_fold, "out_of_fold_probabilities", recording_probs)
-  backbone = tiny_bert()
-  labels = ("negative", "positive")
-  data = LabeledData(task="synthetic", label_names=labels, splits={
-      "train": synthetic_split(64, 0, corrupt=20), "validation": synthetic_split(32, 1, 1000),
-      "test": synthetic_split(24, 2, 2000)})
-  exp = Experiment(data=data, spec=build_classifier(backbone, labels, prompt_length=4),
-                   frozen=backbone.load_params(), sequence_length=12)
+  exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=64, corrupt=20)
   out = str(tmp_path / "run")
   report = loop.run(out, num_rounds=1, strategy="class_vote_counted", references=(),
                     experiment=exp, progress=False)
