@@ -1,10 +1,12 @@
 """In-run TracIn against checkpoint TracInCP on the quickstart's round 0, side by side.
 
   .venv/bin/python benchmarks/inrun_overhead.py [--gin_file=gin/runs/quickstart.gin] \
-      [--repeats=2] [--output_dir=/tmp/inrun_overhead]
+      [--repeats=2] [--output_dir=/tmp/inrun_overhead] [--ideal]
 Trains round 0 twice from scratch (plain steps; in-run steps accumulating against every
-validation query), scores the training set as the round loop does (tracin_opponents from
-the checkpoints; from the in-run accumulators), and prints one JSON line:
+validation query, with the `tracin.*` bindings), scores the training set as the round loop
+does (tracin_opponents from the checkpoints; from the in-run accumulators, with the last
+epoch's logits and the last evaluation in place of passes at the final prompt), and prints
+one JSON line:
   overhead       in-run training / plain training (seconds of `train_prompt`, both with
                  their validation evaluations and the final test evaluation); target <= 1.15
   round_ratio    (in-run training + in-run scoring) / (plain training + checkpoint
@@ -13,6 +15,11 @@ the checkpoints; from the in-run accumulators), and prints one JSON line:
                  in-run vs checkpoints; target >= 0.9
   precision_checkpoints / precision_in_run: share of corrupted labels among the top
                  `selection_size` scores of the configured strategy; target |diff| <= 0.03
+  --ideal adds, once, a third training with the query gradients taken again before every
+  step from epoch 1 (tracin.query_every_steps=1, first_query_epoch=1): per-step TracIn,
+  the quantity both modes approximate (Pruthi et al. 2020), at one query pass per step.
+  It reports `spearman_ideal_checkpoints` / `spearman_ideal_in_run` (each mode's net
+  influence against it), `precision_ideal`, and its own seconds.
 Each repeat runs plain, in-run, checkpoint scoring, in-run scoring in that order, with the
 persistent XLA cache on (as `gbair` has it), so the last repeat is the warm-cache number
 of a later round; every repeat's numbers are in `repeats`.
@@ -45,6 +52,8 @@ def _load() -> float:
 def main() -> None:
   p = common.parser(__doc__)
   p.add_argument("--output_dir", default=None)
+  p.add_argument("--ideal", action="store_true",
+                 help="also train once with per-step query gradients (slow: ~10x a training)")
   p.set_defaults(repeats=2)
   args = p.parse_args()
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
@@ -64,7 +73,8 @@ def main() -> None:
   splits = exp.tokenized_splits()
   train, validation = splits["train"], splits["validation"]
   budget = actions.selection_size(len(train["label"]))
-  top_k = in_run.tracin_settings()["top_k"]
+  settings = in_run.tracin_settings()
+  hook_options = {k: settings[k] for k in ("top_k", "first_query_epoch", "query_every_steps")}
   root = args.output_dir or tempfile.mkdtemp(prefix="inrun_overhead_")
 
   captured = {}
@@ -83,12 +93,14 @@ def main() -> None:
     return out, time.time() - wall, time.process_time() - cpu
 
   def score(round_dir, result):
-    """The loop's scoring step: logits at the final prompt, then the strategy."""
+    """The loop's scoring step (loop._round_context): logits at the final prompt (in-run:
+    the last epoch's; both: the trainer's last evaluation), then the strategy."""
     ctx = RoundContext(
         spec=exp.spec, frozen=exp.frozen, train=train, validation=validation,
         checkpoints=checkpoints.load_tracin_checkpoints(round_dir), final_prompt=result.prompt,
-        train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train),
-        validation_logits=predict_logits(exp.spec, result.prompt, exp.frozen, validation),
+        train_logits=(result.in_run.train_logits if result.in_run is not None
+                      else predict_logits(exp.spec, result.prompt, exp.frozen, train)),
+        validation_logits=result.validation_logits,
         seed=0, progress=False, in_run=result.in_run,
         dynamics=None if result.in_run is None else result.in_run.dynamics)
     return tracin_strategies.tracin_opponents(ctx)
@@ -105,7 +117,7 @@ def main() -> None:
       shutil.rmtree(d, ignore_errors=True)
     plain, plain_s, plain_cpu = timed(train_prompt, exp.spec, exp.frozen, splits,
                                       dirs["checkpoints"], progress=False, tensorboard=False)
-    hook = in_run.InRunTracIn(exp.spec, queries=validation, top_k=top_k)
+    hook = in_run.InRunTracIn(exp.spec, queries=validation, **hook_options)
     inrun, inrun_s, inrun_cpu = timed(train_prompt, exp.spec, exp.frozen, splits, dirs["in_run"],
                                       progress=False, tensorboard=False, in_run=hook)
     captured.clear()
@@ -144,14 +156,28 @@ def main() -> None:
         "test_auc": {"plain": plain.metrics["test"]["auc"], "in_run": inrun.metrics["test"]["auc"]},
     })
   last = repeats[-1]
+  ideal = {}
+  if args.ideal:  # per-step TracIn: the yardstick for both modes' approximations
+    ideal_dir = os.path.join(root, "ideal", "round_0")
+    shutil.rmtree(ideal_dir, ignore_errors=True)
+    hook = in_run.InRunTracIn(exp.spec, queries=validation, top_k=0, first_query_epoch=1,
+                              query_every_steps=1)
+    exact, exact_s, exact_cpu = timed(train_prompt, exp.spec, exp.frozen, splits, ideal_dir,
+                                      progress=False, tensorboard=False, in_run=hook)
+    ideal = {
+        "spearman_ideal_checkpoints": round(spearman(exact.in_run.mean_influence, mean_ckpt), 4),
+        "spearman_ideal_in_run": round(spearman(exact.in_run.mean_influence,
+                                                inrun.in_run.mean_influence), 4),
+        "precision_ideal": round(precision(score(ideal_dir, exact)), 4),
+        "ideal_train_s": round(exact_s, 2), "ideal_train_cpu_s": round(exact_cpu, 2)}
   print(json.dumps({
       "benchmark": "inrun_overhead", "backbone": exp.spec.backbone.name,
       "num_train": int(len(train["label"])), "num_queries": int(len(validation["label"])),
-      "selection_size": budget, "top_k": top_k,
+      "selection_size": budget, **hook_options,
       **{k: last[k] for k in ("overhead", "round_ratio", "spearman", "precision_checkpoints",
                               "precision_in_run", "overhead_cpu", "round_ratio_cpu",
                               "overhead_epochs")},
-      "repeats": repeats, **common.machine()}))
+      **ideal, "repeats": repeats, **common.machine()}))
 
 
 if __name__ == "__main__":

@@ -32,9 +32,11 @@ def setup():
   return spec, frozen, splits
 
 
-def _hook(setup, top_k=3):
+def _hook(setup, top_k=3, first_query_epoch=1, query_every_steps=0):
   spec, _, splits = setup
-  return in_run_lib.InRunTracIn(spec, queries=splits["validation"], top_k=top_k, batch_size=8)
+  return in_run_lib.InRunTracIn(spec, queries=splits["validation"], top_k=top_k, batch_size=8,
+                                first_query_epoch=first_query_epoch,
+                                query_every_steps=query_every_steps)
 
 
 def _train(setup, round_dir, num_epochs, hook=None):
@@ -43,14 +45,21 @@ def _train(setup, round_dir, num_epochs, hook=None):
                       batch_size=BATCH, progress=False, tensorboard=False, in_run=hook)
 
 
-def test_accumulators_equal_an_explicit_per_step_computation(setup, tmp_path):
+# (first_query_epoch, query_every_steps): every epoch against the queries at its starting
+# prompt; and epoch 1 not counted, the queries taken again every 2 of the epoch's 3 steps.
+@pytest.mark.parametrize("first_query_epoch,query_every_steps", [(1, 0), (2, 2)])
+def test_accumulators_equal_an_explicit_per_step_computation(setup, tmp_path, first_query_epoch,
+                                                             query_every_steps):
   spec, frozen, splits = setup
   epochs = 2
-  result = _train(setup, tmp_path / "in_run", epochs, _hook(setup))
+  result = _train(setup, tmp_path / "in_run", epochs,
+                  _hook(setup, first_query_epoch=first_query_epoch,
+                        query_every_steps=query_every_steps))
   got = result.in_run
 
   # Replay: plain training steps; at each step the kernel's per-example gradients at the
-  # step's prompt, against the query gradients taken at the epoch's starting prompt.
+  # step's prompt, against the query gradients taken at the epoch's starting prompt (and
+  # again every `query_every_steps` steps), from epoch `first_query_epoch` on.
   train, queries = splits["train"], splits["validation"]
   n, m = len(train["label"]), len(queries["label"])
   schedule = optimizer_lib.learning_rate_schedule()
@@ -64,13 +73,17 @@ def test_accumulators_equal_an_explicit_per_step_computation(setup, tmp_path):
   scores = np.zeros((n, m))
   self_influence = np.zeros(n)
   loss = np.zeros((epochs, n))
+  all_logits = np.zeros((epochs, n, 2))
   top_opponents = []
   for epoch in range(1, epochs + 1):
-    query_grads = np.asarray(per_example_grads(spec.example_losses, state.prompt, frozen,
-                                               query_batch), np.float64)
+    counted = epoch >= first_query_epoch
     epoch_scores = np.zeros((n, m))
     order = batches.epoch_order(n, 0, epoch)
-    for batch in batches.iterate_batches(train, BATCH, order, keys=("tokens", "mask", "label")):
+    for step, batch in enumerate(batches.iterate_batches(train, BATCH, order,
+                                                          keys=("tokens", "mask", "label"))):
+      if step == 0 or (query_every_steps and step % query_every_steps == 0):
+        query_grads = np.asarray(per_example_grads(spec.example_losses, state.prompt, frozen,
+                                                   query_batch), np.float64) * counted
       lr = float(schedule(int(state.step)))
       grads = np.asarray(per_example_grads(spec.example_losses, state.prompt, frozen, batch),
                          np.float64)
@@ -82,15 +95,24 @@ def test_accumulators_equal_an_explicit_per_step_computation(setup, tmp_path):
       self_influence[rows] += lr * np.sum(grads[valid] ** 2, axis=1)
       log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
       loss[epoch - 1, rows] = -log_p[valid, batch["label"][valid]]
+      all_logits[epoch - 1, rows] = logits[valid]
       state, _ = step_fn(state, frozen, batch)
     scores += epoch_scores
-    top_opponents.append(np.argsort(epoch_scores, axis=0, kind="stable")[:3].T)  # [M, 3]
+    top_opponents.append(np.argsort(epoch_scores, axis=0, kind="stable")[:3].T
+                         if counted else np.full((m, 3), -1))  # [M, 3]; -1: not counted
 
   np.testing.assert_allclose(got.self_influence, self_influence, rtol=2e-4, atol=1e-9)
   np.testing.assert_allclose(got.mean_influence, scores.mean(1), rtol=2e-3, atol=1e-7)
   by_class = np.stack([scores[:, queries["label"] == c].sum(1) for c in range(2)], axis=1)
   np.testing.assert_allclose(got.class_influence, by_class, rtol=2e-3, atol=1e-7)
   np.testing.assert_allclose(got.dynamics.loss, loss, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(got.dynamics.logits, all_logits, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(got.train_logits, got.dynamics.logits[-1])
+  # The trainer's last evaluation is the validation split at the final prompt.
+  np.testing.assert_allclose(
+      result.validation_logits,
+      np.asarray(logits_fn(state.prompt, frozen, queries["tokens"], queries["mask"])),
+      rtol=1e-4, atol=1e-5)
   assert abs(got.mean_influence).max() > 0 and (got.dynamics.loss > 0).all()
   # Margins and p(label) agree with the recorded losses (two classes: p = exp(-loss)).
   np.testing.assert_allclose(got.dynamics.p_label, np.exp(-got.dynamics.loss), rtol=1e-5)
@@ -116,7 +138,9 @@ def test_training_with_per_example_gradients_ends_at_the_plain_prompt(setup, tmp
 
 
 def test_resume_after_a_kill_mid_epoch_gives_the_same_accumulators(setup, tmp_path, monkeypatch):
-  full = _train(setup, tmp_path / "full", 3, _hook(setup)).in_run
+  # The gin defaults' first_query_epoch (2), and refreshes within the epoch the run resumes in.
+  hook = lambda: _hook(setup, first_query_epoch=2, query_every_steps=2)
+  full = _train(setup, tmp_path / "full", 3, hook()).in_run
   save_epoch = checkpoints.save_epoch
 
   def killed_in_epoch_2(mngr, epoch, *args, **kw):
@@ -126,13 +150,14 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_accumulators(setup, tmp_pa
 
   monkeypatch.setattr(checkpoints, "save_epoch", killed_in_epoch_2)
   with pytest.raises(KeyboardInterrupt):
-    _train(setup, tmp_path / "killed", 3, _hook(setup))
+    _train(setup, tmp_path / "killed", 3, hook())
   monkeypatch.setattr(checkpoints, "save_epoch", save_epoch)
-  resumed = _train(setup, tmp_path / "killed", 3, _hook(setup)).in_run
+  resumed = _train(setup, tmp_path / "killed", 3, hook()).in_run
+  assert np.abs(full.mean_influence).max() > 0
   for name in ("self_influence", "mean_influence", "class_influence", "opponent_scores",
                "proponent_positions"):
     np.testing.assert_allclose(getattr(resumed, name), getattr(full, name), rtol=1e-6, atol=1e-9)
-  for name in in_run_lib.DYNAMICS:
+  for name in in_run_lib.DYNAMICS + ("logits",):
     np.testing.assert_allclose(getattr(resumed.dynamics, name), getattr(full.dynamics, name),
                                rtol=1e-6, atol=1e-9)
 
@@ -145,6 +170,12 @@ def test_self_influence_only_and_bad_source(setup, tmp_path):
   from gbair_jax.errors import UserError
   with pytest.raises(UserError, match="tracin.source"):
     in_run_lib.tracin_settings(source="bogus")
+  with pytest.raises(UserError, match="tracin.query_every_steps must be >= 0"):
+    in_run_lib.tracin_settings(query_every_steps=-1)
+  # No epoch would count against the queries: refused before anything trains.
+  with pytest.raises(UserError, match="tracin.first_query_epoch=2 but training runs 1 epoch"):
+    _train(setup, tmp_path / "one_epoch", 1, _hook(setup, first_query_epoch=2))
+  assert not os.path.exists(tmp_path / "one_epoch" / "checkpoints")
 
 
 def test_recovery_round_scores_from_the_training_run(setup, tmp_path, monkeypatch):
@@ -175,6 +206,10 @@ def test_recovery_round_scores_from_the_training_run(setup, tmp_path, monkeypatc
     return tracin_opponents(ctx, **kw)
 
   monkeypatch.setitem(registry.STRATEGIES, "tracin_opponents", spy)
+  passes = []  # the loop's own forward passes (the trainer's evaluations are not these)
+  predict_logits = loop.predict_logits
+  monkeypatch.setattr(loop, "predict_logits",
+                      lambda *a, **kw: passes.append(a[3]) or predict_logits(*a, **kw))
   out = str(tmp_path / "run")
   report = loop.run(out, num_rounds=1, strategy="tracin_opponents", references=(),
                     experiment=exp, progress=False)
@@ -182,6 +217,10 @@ def test_recovery_round_scores_from_the_training_run(setup, tmp_path, monkeypatc
   assert len(read_ledger(f"{out}/ledger.jsonl")) == 5
   ctx = seen["ctx"]
   assert ctx.dynamics.margin.shape == (2, 40) and ctx.in_run.mean_influence.shape == (40,)
+  # No scoring pass at all: the last epoch's logits and the trainer's last evaluation.
+  assert passes == []
+  np.testing.assert_array_equal(ctx.train_logits, ctx.in_run.dynamics.logits[-1])
+  assert ctx.validation_logits.shape == (16, 2)
   assert sorted(os.listdir(f"{out}/round_0/in_run")) == ["epoch_1.npz", "epoch_2.npz"]
   assert not os.path.exists(f"{out}/round_1/in_run"), "the last round only trains"
 

@@ -431,8 +431,8 @@ def _select_round(job: _Settings, result, summary: dict, entries: list, rollback
   summary["selected"] = len(selected)
   summary["precision"] = (float(np.mean(train["is_corrupted"][selected]))
                           if len(selected) else None)
-  validation_logits = (ctx.validation_logits if ctx is not None else predict_logits(
-      exp.spec, result.prompt, exp.frozen, splits["validation"], mesh=exp.mesh))
+  validation_logits = (ctx.validation_logits if ctx is not None
+                       else _validation_logits(job, result))
   summary["num_misclassified_validation"] = int(np.sum(
       validation_logits.argmax(-1) != splits["validation"]["label"]))
   summary["seconds"]["score"] = time.time() - started
@@ -445,12 +445,23 @@ def _round_context(job: _Settings, result, train: dict, r: int) -> RoundContext:
   return RoundContext(
       spec=exp.spec, frozen=exp.frozen, train=train, validation=splits["validation"],
       checkpoints=checkpoints.load_tracin_checkpoints(round_dir), final_prompt=result.prompt,
-      train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train, mesh=exp.mesh),
-      validation_logits=predict_logits(exp.spec, result.prompt, exp.frozen,
-                                       splits["validation"], mesh=exp.mesh),
+      # In-run scoring runs no pass of its own: the last epoch's logits stand in.
+      train_logits=(result.in_run.train_logits if result.in_run is not None else
+                    predict_logits(exp.spec, result.prompt, exp.frozen, train, mesh=exp.mesh)),
+      validation_logits=_validation_logits(job, result),
       seed=r, progress=job.progress, mesh=exp.mesh, in_run=result.in_run,
       dynamics=result.in_run.dynamics if result.in_run is not None else None,
       round_dir=round_dir, extra_train=job.extra_train)
+
+
+def _validation_logits(job: _Settings, result) -> np.ndarray:
+  """The validation split's logits at the round's final prompt: the trainer's last
+  evaluation, unless the training split joined the validation rows (run.train_on_validation:
+  the trainer evaluated the gate slice) or the round's training had finished before."""
+  if result.validation_logits is not None and job.extra_train is None:
+    return result.validation_logits
+  return predict_logits(job.exp.spec, result.prompt, job.exp.frozen, job.splits["validation"],
+                        mesh=job.exp.mesh)
 
 
 def _saved_scores(path: str, example_ids: np.ndarray) -> np.ndarray:

@@ -63,7 +63,10 @@ def in_run_hook(strategy: str, spec, validation: dict[str, np.ndarray]
   if settings["source"] != "in_run":
     return None
   if strategy == "tracin_opponents":
-    return in_run_lib.InRunTracIn(spec, queries=validation, top_k=settings["top_k"])
+    return in_run_lib.InRunTracIn(
+        spec, queries=validation, top_k=settings["top_k"],
+        first_query_epoch=settings["first_query_epoch"],
+        query_every_steps=settings["query_every_steps"])
   if strategy == "self_influence":
     return in_run_lib.InRunTracIn(spec)  # no queries: self-influence and dynamics only
   return None

@@ -1,15 +1,24 @@
 """In-run TracIn: influence accumulated by the training step itself, plus free training dynamics.
 
-`tracin.source = "in_run"`: at the start of each epoch the query set's gradients are taken
-at the current prompt (the pass doubles as the previous epoch's validation evaluation);
-every training step then takes per-example gradients from its one backward pass (their mean
-is the update) and adds lr_t <g_t(z), g(q)> into per-example accumulators. What is kept:
+`tracin.source = "in_run"`: the query set's gradients are taken at the prompt each epoch
+starts from (the pass doubles as the previous epoch's validation evaluation); every training
+step then takes per-example gradients from its one backward pass (their mean is the update)
+and adds lr_t <g_t(z), g(q)> into per-example accumulators. What is kept:
   self_influence  [N]     sum_t lr_t |g_t(z)|^2
   mean_influence  [N]     sum_t lr_t <g_t(z), mean_q g(q)> (= mean TracIn over the queries)
   class_influence [N, C]  sum_t lr_t <g_t(z), sum_{q of class c} g(q)>
   top-k opponents / proponents per query and epoch [E, M, k] (`tracin.top_k`, 0 = off)
   dynamics        [E, N]  loss, margin (label logit - largest other) and p(label) at the
-                          step that trained on z, the numbers AUM and data cartography use.
+                          step that trained on z, the numbers AUM and data cartography use,
+                          and the logits [E, N, C] themselves (the last epoch's stand in for
+                          a pass at the final prompt, so scoring needs no pass of its own).
+Which steps count against the queries (`tracin.first_query_epoch`, default 2): epoch e's
+steps against the queries at the prompt epoch e - 1 ended at, for e >= 2, i.e. query
+snapshots at the epoch checkpoints, as TracInCP reads them, and no extra pass at the
+initial prompt (1 adds epoch 1 against the initial prompt, for one more query pass).
+`tracin.query_every_steps` = K > 0 refreshes the query gradients every K steps within an
+epoch; K = 1 is per-step TracIn (Pruthi et al.'s ideal, one query pass per step), the
+yardstick benchmarks/inrun_overhead.py --ideal measures both modes against.
 Nothing of size [N, M] or [N, d] is stored. Per-query top-k of the *summed* score, and
 sums of min(score, 0), are not accumulable this way: strategies needing them score from
 the checkpoints. `"checkpoints"` (default) is exact TracInCP over the epoch checkpoints.
@@ -40,16 +49,23 @@ DYNAMICS = ("loss", "margin", "p_label")
 
 
 @gin.configurable("tracin")
-def tracin_settings(source: str = "checkpoints", top_k: int = 10) -> dict:
+def tracin_settings(source: str = "checkpoints", top_k: int = 10, first_query_epoch: int = 2,
+                    query_every_steps: int = 0) -> dict:
   """Where TracIn scores come from: "checkpoints" (TracInCP, the reference) or "in_run".
 
-  `top_k`: in-run only, the opponents and proponents kept per query and epoch.
+  In-run only (see the module docstring):
+    top_k: the opponents and proponents kept per query and epoch.
+    first_query_epoch: the first epoch whose steps count against the queries.
+    query_every_steps: refresh the query gradients every this many steps (0: once per epoch).
   """
   if source not in SOURCES:
     raise UserError(f"tracin.source='{source}' is unknown (expected one of {', '.join(SOURCES)})")
-  if top_k < 0:
-    raise UserError(f"tracin.top_k must be >= 0, got {top_k}")
-  return {"source": source, "top_k": top_k}
+  for name, value, least in (("top_k", top_k, 0), ("first_query_epoch", first_query_epoch, 1),
+                             ("query_every_steps", query_every_steps, 0)):
+    if value < least:
+      raise UserError(f"tracin.{name} must be >= {least}, got {value}")
+  return {"source": source, "top_k": top_k, "first_query_epoch": first_query_epoch,
+          "query_every_steps": query_every_steps}
 
 
 @dataclasses.dataclass
@@ -59,6 +75,7 @@ class TrainingDynamics:
   loss: np.ndarray
   margin: np.ndarray
   p_label: np.ndarray
+  logits: np.ndarray  # [epochs, N, C]
 
 
 @dataclasses.dataclass
@@ -76,6 +93,12 @@ class InRunResult:
   proponent_positions: np.ndarray | None
   proponent_scores: np.ndarray | None
   dynamics: TrainingDynamics
+
+  @property
+  def train_logits(self) -> np.ndarray:
+    """[N, C]: each row's logits at the step of the last epoch that trained on it, what the
+    loop scores with in place of a forward pass at the final prompt."""
+    return self.dynamics.logits[-1]
 
 
 def example_outputs(spec: ClassifierSpec):
@@ -119,25 +142,45 @@ class InRunTracIn:
       self-influence and dynamics only (no query pass at all).
     top_k: opponents / proponents kept per query and epoch (0: none, and no [M, d] kept).
     batch_size: the query pass's batch size.
+    first_query_epoch, query_every_steps: which steps count against the queries, and how
+      often the query gradients are refreshed (`tracin_settings`).
   The trainer calls `setup(num_train, num_epochs)` before it accumulates.
   """
 
   def __init__(self, spec: ClassifierSpec, queries: dict[str, np.ndarray] | None = None,
-               top_k: int = 0, batch_size: int = 64):
+               top_k: int = 0, batch_size: int = 64, first_query_epoch: int = 2,
+               query_every_steps: int = 0):
     self.spec = spec
     self.queries = queries
     self.num_classes = len(spec.label_names)
     self.requested_top_k = top_k if queries is not None else 0
     self.batch_size = batch_size
+    self.first_query_epoch = first_query_epoch
+    self.query_every_steps = query_every_steps
     self.num_train = self.num_epochs = self.top_k = None
     self._outputs = example_outputs(spec)
     self._query_batch = {}  # mesh -> the jitted query batch, outputs replicated on it
 
   def setup(self, num_train: int, num_epochs: int) -> "InRunTracIn":
     """Sizes the accumulators for a training set of `num_train` rows and `num_epochs`."""
+    if self.queries is not None and self.first_query_epoch > num_epochs:
+      raise UserError(f"tracin.first_query_epoch={self.first_query_epoch} but training runs "
+                      f"{num_epochs} epoch(s): no step would count against the queries (bind "
+                      "tracin.first_query_epoch=1 or train more epochs)")
     self.num_train, self.num_epochs = num_train, num_epochs
     self.top_k = min(self.requested_top_k, num_train)
     return self
+
+  def counts_queries(self, epoch: int) -> bool:
+    """Whether epoch `epoch`'s steps (1-based) accumulate influence on the queries."""
+    return self.queries is not None and epoch >= self.first_query_epoch
+
+  def refreshes_queries(self, epoch: int, step_in_epoch: int) -> bool:
+    """Whether the query gradients are taken again before this step (0-based in the epoch;
+    step 0 uses the pass at the epoch's starting prompt)."""
+    every = self.query_every_steps
+    return (self.counts_queries(epoch) and every > 0 and step_in_epoch > 0
+            and step_in_epoch % every == 0)
 
   # ---- the query pass (at the start of each epoch) ----
 
@@ -179,7 +222,8 @@ class InRunTracIn:
       logits.append(mesh_lib.host_value(batch_logits)[:len(valid)][valid])
       if grads is not None:
         rows.append(mesh_lib.host_value(grads)[:len(valid)][valid])
-    features = {"mean": total / max(num, 1), "class_sums": class_sums}
+    features = {"active": mesh_lib.replicate(np.float32(1.0), mesh),
+                "mean": total / max(num, 1), "class_sums": class_sums}
     if self.top_k:
       in_order = np.empty((num,) + rows[0].shape[1:], rows[0].dtype)
       in_order[order] = np.concatenate(rows)
@@ -188,12 +232,25 @@ class InRunTracIn:
     logits_in_order[order] = np.concatenate(logits)
     return features, logits_in_order
 
+  def idle_features(self, prompt_size: int, mesh=None) -> dict[str, jax.Array]:
+    """Query features of an epoch that does not count against the queries: zeros of the
+    query pass's shapes (so the step compiles once) and `active` 0 (no top-k entries)."""
+    if self.queries is None:
+      return {}
+    mesh = mesh if mesh is not None else mesh_lib.single_device_mesh()
+    features = {"active": np.float32(0.0), "mean": np.zeros(prompt_size, np.float32),
+                "class_sums": np.zeros((self.num_classes, prompt_size), np.float32)}
+    if self.top_k:
+      features["grads"] = np.zeros((len(self.queries["label"]), prompt_size), np.float32)
+    return mesh_lib.replicate(features, mesh)
+
   # ---- accumulation (inside the jitted training step) ----
 
   def init_accumulators(self) -> dict[str, jax.Array]:
     n, e = self.num_train, self.num_epochs
     acc = {"self_influence": jnp.zeros((n,), jnp.float32)}
     acc.update({name: jnp.zeros((e, n), jnp.float32) for name in DYNAMICS})
+    acc["logits"] = jnp.zeros((e, n, self.num_classes), jnp.float32)
     if self.queries is not None:
       acc["mean_influence"] = jnp.zeros((n,), jnp.float32)
       acc["class_influence"] = jnp.zeros((n, self.num_classes), jnp.float32)
@@ -223,6 +280,7 @@ class InRunTracIn:
     margin, p_label = _margin_and_p_label(logits, batch["label"])
     for name, value in (("loss", losses), ("margin", margin), ("p_label", p_label)):
       acc[name] = acc[name].at[epoch_index, positions].add(masked(value))
+    acc["logits"] = acc["logits"].at[epoch_index, positions].add(masked(logits))
     if "mean" in features:
       acc["mean_influence"] = acc["mean_influence"].at[positions].add(
           masked(learning_rate * (grads @ features["mean"])))
@@ -230,9 +288,10 @@ class InRunTracIn:
           masked(learning_rate * (grads @ features["class_sums"].T)))
     if "grads" in features:
       scores = learning_rate * (grads @ features["grads"].T)  # [B, M]
+      counted = valid & (features["active"] > 0)  # an idle epoch keeps its sentinels
       for kind, largest in (("opponent", False), ("proponent", True)):
         best = _merge_top_k(acc[f"{kind}_scores"][epoch_index],
-                            acc[f"{kind}_positions"][epoch_index], scores, positions, valid,
+                            acc[f"{kind}_positions"][epoch_index], scores, positions, counted,
                             largest)
         acc[f"{kind}_scores"] = acc[f"{kind}_scores"].at[epoch_index].set(best[0])
         acc[f"{kind}_positions"] = acc[f"{kind}_positions"].at[epoch_index].set(best[1])
@@ -278,4 +337,4 @@ class InRunTracIn:
         proponent_positions=get("proponent_positions"),
         proponent_scores=get("proponent_scores"),
         dynamics=TrainingDynamics(loss=host["loss"], margin=host["margin"],
-                                  p_label=host["p_label"]))
+                                  p_label=host["p_label"], logits=host["logits"]))

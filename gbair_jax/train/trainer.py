@@ -146,6 +146,9 @@ class TrainResult:
   metrics: dict
   seconds: float
   in_run: in_run_lib.InRunResult | None = None  # with the `in_run` hook
+  # The "validation" split's logits [M, C] at the final prompt (the last epoch's
+  # evaluation), so scoring needs no pass of its own; None when this call trained no epoch.
+  validation_logits: np.ndarray | None = None
 
 
 @gin.configurable(denylist=["spec", "frozen", "splits", "round_dir", "initial_prompt", "mesh",
@@ -172,6 +175,8 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     in_run: accumulate in-run TracIn and training dynamics (train/in_run.py); they are
       saved beside each epoch checkpoint and restored on resume.
   """
+  if in_run is not None:  # checks its settings against this training before any file exists
+    in_run.setup(len(splits["train"]["label"]), num_epochs)
   files.makedirs(round_dir)
   metrics_path = files.join(round_dir, "metrics.json")
   schedule = optimizer_lib.learning_rate_schedule()
@@ -204,7 +209,6 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
   train_step = make_train_step(spec, optimizer, mesh, in_run, schedule)
   train_keys = ("tokens", "mask", "label")
   if in_run is not None:
-    in_run.setup(len(train["label"]), num_epochs)
     accumulators = (in_run.restore(round_dir, start_epoch - 1) if start_epoch > 1
                     else in_run.init_accumulators())
     query_features = None  # the query pass at the prompt each epoch starts from
@@ -214,21 +218,26 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
   primary = process.is_primary()
   writer = _tensorboard_writer(round_dir) if tensorboard and primary else None
   started = time.time()
+  validation_logits = None
   for epoch in range(start_epoch, num_epochs + 1):
     order = batches_lib.epoch_order(len(train["label"]), seed, epoch)
     first_step = int(mesh_lib.host_value(state.step))
     losses, seen, epoch_start = [], 0, time.time()
     if in_run is not None and query_features is None:
-      query_features, _ = in_run.query_pass(state.prompt, frozen, mesh)
+      query_features = (in_run.query_pass(state.prompt, frozen, mesh)[0]
+                        if in_run.counts_queries(epoch)
+                        else in_run.idle_features(state.prompt.size, mesh))
     bar = tqdm(batches_lib.iterate_batches(train, batch_size, order, keys=train_keys),
                total=steps_per_epoch,
                desc=f"{files.basename(round_dir)} epoch {epoch}/{num_epochs}", disable=not progress,
                leave=False, dynamic_ncols=True)
-    for batch in bar:
+    for step_in_epoch, batch in enumerate(bar):
       on_mesh = mesh_lib.shard_batch(batch, mesh)
       if in_run is None:
         state, step_metrics = train_step(state, frozen, on_mesh)
       else:
+        if in_run.refreshes_queries(epoch, step_in_epoch):
+          query_features, _ = in_run.query_pass(state.prompt, frozen, mesh)
         state, step_metrics, accumulators = train_step(state, frozen, on_mesh, accumulators,
                                                        query_features, np.int32(epoch - 1))
       losses.append(step_metrics["loss"])
@@ -241,15 +250,17 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
               "learning_rate": optimizer_lib.epoch_learning_rate(schedule, first_step, steps_per_epoch),
               "train_loss": train_loss,
               "examples_per_s": seen / max(time.time() - epoch_start, 1e-9)}
-    query_features = None
-    if (in_run is not None and epoch < num_epochs and in_run.queries is not None
+    query_features = validation_logits = None
+    if (in_run is not None and epoch < num_epochs and in_run.counts_queries(epoch + 1)
         and in_run.queries is splits.get("validation")):
       # One forward + backward pass gives this epoch's evaluation and the next one's queries.
-      query_features, logits = in_run.query_pass(state.prompt, frozen, mesh)
-      record["validation"] = classification_metrics(logits, splits["validation"]["label"])
+      query_features, validation_logits = in_run.query_pass(state.prompt, frozen, mesh)
     elif "validation" in splits:
-      record["validation"] = evaluate(spec, state.prompt, frozen, splits["validation"],
-                                      eval_batch_size, logits_fn, mesh)
+      validation_logits = predict_logits(spec, state.prompt, frozen, splits["validation"],
+                                         eval_batch_size, logits_fn, mesh)
+    if validation_logits is not None:
+      record["validation"] = classification_metrics(validation_logits,
+                                                    splits["validation"]["label"])
     record["seconds"] = time.time() - epoch_start
     history.append(record)
     if in_run is not None and primary:
@@ -280,7 +291,8 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     files.write_json(metrics_path, metrics)
   return TrainResult(prompt=mesh_lib.host_value(state.prompt), metrics=metrics,
                      seconds=time.time() - started,
-                     in_run=None if in_run is None else in_run.result(accumulators))
+                     in_run=None if in_run is None else in_run.result(accumulators),
+                     validation_logits=validation_logits)
 
 
 def _initial_prompt(spec: ClassifierSpec, frozen: Params, seed: int,
