@@ -49,12 +49,13 @@ DYNAMICS = ("loss", "margin", "p_label")
 
 
 @gin.configurable("tracin")
-def tracin_settings(source: str = "checkpoints", top_k: int = 10, first_query_epoch: int = 2,
+def tracin_settings(source: str = "checkpoints", top_k: int = 0, first_query_epoch: int = 2,
                     query_every_steps: int = 0) -> dict:
   """Where TracIn scores come from: "checkpoints" (TracInCP, the reference) or "in_run".
 
   In-run only (see the module docstring):
-    top_k: the opponents and proponents kept per query and epoch.
+    top_k: the opponents and proponents kept per query and epoch (0: none; no strategy
+      reads them yet, and keeping them holds every query's gradient [M, d] on the devices).
     first_query_epoch: the first epoch whose steps count against the queries.
     query_every_steps: refresh the query gradients every this many steps (0: once per epoch).
   """
