@@ -21,8 +21,9 @@ correctly classified majority is what the other kind opposes (docs/BENCHMARKS.md
 measurements). `normalize=True` uses cosine instead of raw dot products (cosine TracIn).
 
 With `tracin.source = "in_run"` (train/in_run.py) the training run accumulates what
-`net_opposition` on all validation queries and `self_influence` need, and they score from
-it without a pass of their own; other settings score from the checkpoints as before.
+`net_opposition` on all validation queries and `self_influence` need (and the margins
+`aum` reads), and they score from it without a pass of their own; other settings score
+from the checkpoints as before.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def in_run_hook(strategy: str, spec, validation: dict[str, np.ndarray]
         spec, queries=validation, top_k=settings["top_k"],
         first_query_epoch=settings["first_query_epoch"],
         query_every_steps=settings["query_every_steps"])
-  if strategy == "self_influence":
+  if strategy in ("self_influence", "aum"):  # AUM: the margins each step recorded
     return in_run_lib.InRunTracIn(spec)  # no queries: self-influence and dynamics only
   return None
 
