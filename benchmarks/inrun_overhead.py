@@ -4,9 +4,9 @@
       [--repeats=2] [--output_dir=/tmp/inrun_overhead] [--ideal]
 Trains round 0 twice from scratch (plain steps; in-run steps accumulating against every
 validation query, with the `tracin.*` bindings), scores the training set as the round loop
-does (tracin_opponents from the checkpoints; from the in-run accumulators, with the last
-epoch's logits and the last evaluation in place of passes at the final prompt), and prints
-one JSON line:
+does (tracin_opponents from the checkpoints; from the in-run accumulators; both with the
+training logits at the final prompt and the trainer's last evaluation for validation's),
+and prints one JSON line:
   overhead       in-run training / plain training (seconds of `train_prompt`, both with
                  their validation evaluations and the final test evaluation); target <= 1.15
   round_ratio    (in-run training + in-run scoring) / (plain training + checkpoint
@@ -93,13 +93,12 @@ def main() -> None:
     return out, time.time() - wall, time.process_time() - cpu
 
   def score(round_dir, result):
-    """The loop's scoring step (loop._round_context): logits at the final prompt (in-run:
-    the last epoch's; both: the trainer's last evaluation), then the strategy."""
+    """The loop's scoring step (loop._round_context): logits at the final prompt, then
+    the strategy."""
     ctx = RoundContext(
         spec=exp.spec, frozen=exp.frozen, train=train, validation=validation,
         checkpoints=checkpoints.load_tracin_checkpoints(round_dir), final_prompt=result.prompt,
-        train_logits=(result.in_run.train_logits if result.in_run is not None
-                      else predict_logits(exp.spec, result.prompt, exp.frozen, train)),
+        train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train),
         validation_logits=result.validation_logits,
         seed=0, progress=False, in_run=result.in_run,
         dynamics=None if result.in_run is None else result.in_run.dynamics)

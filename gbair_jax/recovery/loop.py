@@ -445,9 +445,9 @@ def _round_context(job: _Settings, result, train: dict, r: int) -> RoundContext:
   return RoundContext(
       spec=exp.spec, frozen=exp.frozen, train=train, validation=splits["validation"],
       checkpoints=checkpoints.load_tracin_checkpoints(round_dir), final_prompt=result.prompt,
-      # In-run scoring runs no pass of its own: the last epoch's logits stand in.
-      train_logits=(result.in_run.train_logits if result.in_run is not None else
-                    predict_logits(exp.spec, result.prompt, exp.frozen, train, mesh=exp.mesh)),
+      # At the final prompt in both modes: in-run scores with the logits each example had
+      # in the last epoch picked 0.625 where these picked 0.70 (docs/BENCHMARKS.md).
+      train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train, mesh=exp.mesh),
       validation_logits=_validation_logits(job, result),
       seed=r, progress=job.progress, mesh=exp.mesh, in_run=result.in_run,
       dynamics=result.in_run.dynamics if result.in_run is not None else None,

@@ -9,9 +9,7 @@ and adds lr_t <g_t(z), g(q)> into per-example accumulators. What is kept:
   class_influence [N, C]  sum_t lr_t <g_t(z), sum_{q of class c} g(q)>
   top-k opponents / proponents per query and epoch [E, M, k] (`tracin.top_k`, 0 = off)
   dynamics        [E, N]  loss, margin (label logit - largest other) and p(label) at the
-                          step that trained on z, the numbers AUM and data cartography use,
-                          and the logits [E, N, C] themselves (the last epoch's stand in for
-                          a pass at the final prompt, so scoring needs no pass of its own).
+                          step that trained on z, the numbers AUM and data cartography use.
 Which steps count against the queries (`tracin.first_query_epoch`, default 2): epoch e's
 steps against the queries at the prompt epoch e - 1 ended at, for e >= 2, i.e. query
 snapshots at the epoch checkpoints, as TracInCP reads them, and no extra pass at the
@@ -76,7 +74,6 @@ class TrainingDynamics:
   loss: np.ndarray
   margin: np.ndarray
   p_label: np.ndarray
-  logits: np.ndarray  # [epochs, N, C]
 
 
 @dataclasses.dataclass
@@ -94,12 +91,6 @@ class InRunResult:
   proponent_positions: np.ndarray | None
   proponent_scores: np.ndarray | None
   dynamics: TrainingDynamics
-
-  @property
-  def train_logits(self) -> np.ndarray:
-    """[N, C]: each row's logits at the step of the last epoch that trained on it, what the
-    loop scores with in place of a forward pass at the final prompt."""
-    return self.dynamics.logits[-1]
 
 
 def example_outputs(spec: ClassifierSpec):
@@ -251,7 +242,6 @@ class InRunTracIn:
     n, e = self.num_train, self.num_epochs
     acc = {"self_influence": jnp.zeros((n,), jnp.float32)}
     acc.update({name: jnp.zeros((e, n), jnp.float32) for name in DYNAMICS})
-    acc["logits"] = jnp.zeros((e, n, self.num_classes), jnp.float32)
     if self.queries is not None:
       acc["mean_influence"] = jnp.zeros((n,), jnp.float32)
       acc["class_influence"] = jnp.zeros((n, self.num_classes), jnp.float32)
@@ -281,7 +271,6 @@ class InRunTracIn:
     margin, p_label = _margin_and_p_label(logits, batch["label"])
     for name, value in (("loss", losses), ("margin", margin), ("p_label", p_label)):
       acc[name] = acc[name].at[epoch_index, positions].add(masked(value))
-    acc["logits"] = acc["logits"].at[epoch_index, positions].add(masked(logits))
     if "mean" in features:
       acc["mean_influence"] = acc["mean_influence"].at[positions].add(
           masked(learning_rate * (grads @ features["mean"])))
@@ -338,4 +327,4 @@ class InRunTracIn:
         proponent_positions=get("proponent_positions"),
         proponent_scores=get("proponent_scores"),
         dynamics=TrainingDynamics(loss=host["loss"], margin=host["margin"],
-                                  p_label=host["p_label"], logits=host["logits"]))
+                                  p_label=host["p_label"]))
