@@ -241,3 +241,27 @@ def test_query_pass_split_over_eight_devices_equals_one_device(setup):
     assert eight[name].sharding.is_fully_replicated and eight[name].sharding.mesh == mesh, name
     np.testing.assert_allclose(np.asarray(eight[name]), np.asarray(one[name]),
                                rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_in_run_training_on_eight_devices_equals_one_device(setup, tmp_path):
+  """The in-run step on a mesh (8 fake CPU devices, batches of 16 split 2 per device, the
+  last one padded), with an idle first epoch and refreshes within the next, accumulates
+  what one device does."""
+  from gbair_jax.runtime import mesh as mesh_lib
+  spec, frozen, splits = setup
+  mesh = mesh_lib.make_mesh()
+  assert mesh_lib.data_size(mesh) == 8
+  hook = lambda: _hook(setup, first_query_epoch=2, query_every_steps=2)
+  one = _train(setup, tmp_path / "one", 2, hook())
+  eight = train_prompt(spec, frozen, splits, str(tmp_path / "eight"), num_epochs=2,
+                       batch_size=BATCH, progress=False, tensorboard=False, in_run=hook(),
+                       mesh=mesh)
+  np.testing.assert_allclose(eight.prompt, one.prompt, rtol=1e-4, atol=1e-6)
+  assert np.abs(one.in_run.mean_influence).max() > 0
+  for name in ("self_influence", "mean_influence", "class_influence", "opponent_scores"):
+    np.testing.assert_allclose(getattr(eight.in_run, name), getattr(one.in_run, name),
+                               rtol=2e-3, atol=1e-7, err_msg=name)
+  # Epoch 1 did not count: its top-k slots keep their sentinels on both.
+  assert (eight.in_run.opponent_positions[0] == -1).all()
+  np.testing.assert_allclose(eight.validation_logits, one.validation_logits, rtol=1e-4,
+                             atol=1e-5)
