@@ -5,6 +5,7 @@ strategy's knobs on a development seed without running whole benchmark rounds.
       --gin_file=gin/benchmarks/insults_class_conditional.gin --seed=1 \
       --output_dir=/tmp/detection_cc_1 --strategies=class_vote_knn,loss,first_order_gain \
       [--sweep=first_order_gain_strategy.damping=0.1,1,10,1000]
+      (string values too: --sweep=class_vote_embedding_strategy.voters=validation,validation_and_train)
 trains round 0 of `gbair run` as the suite configures it (gate slice, validation examples
 in training, ...), with `corrupt_labels.seed` and `train_prompt.seed` = --seed as
 `gbair benchmark` binds them, then scores that one model with every strategy (and every
@@ -20,6 +21,16 @@ from __future__ import annotations
 import json
 
 import common
+
+
+def _parse_value(text: str):
+  """A --sweep value: an int, a float, or else the string itself."""
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
 
 
 class _Scored(Exception):
@@ -48,7 +59,7 @@ def main() -> None:
   sweep_binding, sweep_values = None, [None]
   if args.sweep:
     sweep_binding, values = args.sweep.split("=", 1)
-    sweep_values = [int(v) if v.lstrip("-").isdigit() else float(v) for v in values.split(",")]
+    sweep_values = [_parse_value(v) for v in values.split(",")]
   found = {}
 
   @register("detection_probe")
@@ -59,7 +70,7 @@ def main() -> None:
       configurable = sweep_binding.rsplit(".", 1)[0] if sweep_binding else None
       variants = sweep_values if configurable in (name, f"{name}_strategy") else [None]
       for value in variants:
-        label = name if value is None else f"{name}[{sweep_binding.split('.')[-1]}={value:g}]"
+        label = name if value is None else f"{name}[{sweep_binding.split('.')[-1]}={value}]"
         if value is not None:
           with gin.unlock_config():
             gin.bind_parameter(sweep_binding, value)

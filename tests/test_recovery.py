@@ -143,7 +143,8 @@ def test_unknown_strategy_and_action_fail_before_work(experiment, tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["tracin_opponents", "self_influence", "confident_learning",
-                                      "aum", "oracle", "class_vote", "class_vote_knn"])
+                                      "aum", "oracle", "class_vote", "class_vote_knn",
+                                      "class_vote_embedding"])
 def test_other_strategies_run_one_round(experiment, tmp_path, strategy):
   report = loop.run(str(tmp_path / strategy), num_rounds=1, strategy=strategy, action="remove",
                     references=(), experiment=experiment, progress=False)
@@ -255,7 +256,7 @@ def test_margin_loss_gradient_is_the_label_free_loss_difference(experiment):
 
 @pytest.mark.parametrize("strategy", ["tracin_opponents", "class_vote", "class_vote_knn", "loss",
                                       "confident_learning", "aum", "random", "oracle",
-                                      "self_influence"])
+                                      "self_influence", "class_vote_embedding"])
 def test_every_strategy_relabels_with_three_classes(three_class_experiment, tmp_path, strategy):
   gin.bind_parameter("confident_learning_strategy.num_folds", 2)
   out = str(tmp_path / strategy)

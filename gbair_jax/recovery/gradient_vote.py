@@ -101,7 +101,8 @@ def vote_scores(votes: np.ndarray, labels: np.ndarray,
   return np.where(np.isfinite(score), score, -np.inf)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+  """Each row divided by its L2 norm (rows of zeros stay zero)."""
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-30)
 
 
@@ -173,7 +174,7 @@ def class_vote(ctx: RoundContext, neighbours: int | None, center: bool,
     features = queries.features.astype(np.float64)                    # [C, M, k]
     means[pair] = (features.mean(axis=1, keepdims=True) if center
                    else np.zeros_like(features[:, :1]))
-    voters[pair] = _unit(features - means[pair])
+    voters[pair] = unit_rows(features - means[pair])
     voter_scores.update(_voters_left_out(voters[pair], voter_labels[pair], pair, rates,
                                          num_classes, neighbours))
   position = {int(i): n for n, i in enumerate(ctx.train["example_id"])}
@@ -187,7 +188,7 @@ def class_vote(ctx: RoundContext, neighbours: int | None, center: bool,
     votes = np.full((len(rows), num_classes), np.nan)
     for pair in set(zip(low[rows].tolist(), high[rows].tolist())) & set(voters):
       members = (low[rows] == pair[0]) & (high[rows] == pair[1])
-      features = _unit(own.features[:, members].astype(np.float64) - means[pair])  # [C, b, k]
+      features = unit_rows(own.features[:, members].astype(np.float64) - means[pair])  # [C, b, k]
       kernel = np.einsum("c,cbk,cmk->bm", rates, features, voters[pair])
       votes[members] = class_votes(kernel, voter_labels[pair], num_classes, neighbours)
     rows_of.append(rows)

@@ -41,6 +41,7 @@ from gbair_jax.recovery import actions
 from gbair_jax.recovery import gate as gate_lib
 from gbair_jax.recovery.context import RoundContext, with_extra_rows
 # The built-in strategies register themselves (and their gin configurables) on import.
+from gbair_jax.recovery import embedding_vote  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery import first_order_gain  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery import gradient_vote  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery import strategies  # noqa: F401  pylint: disable=unused-import

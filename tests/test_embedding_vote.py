@@ -1,0 +1,88 @@
+"""class_vote_embedding (recovery/embedding_vote.py): the class vote on frozen sentence
+embeddings, checked against its definition one training example at a time."""
+import jax
+import numpy as np
+import pytest
+
+from gbair_jax.errors import UserError
+from gbair_jax.recovery import embedding_vote
+from gbair_jax.recovery.context import RoundContext
+from gbair_jax.train.trainer import predict_logits
+from tests.helpers import synthetic_split, synthetic_three_class_split, tiny_experiment
+
+
+def _context(exp, batch_size=8):
+  tokens = exp.tokenized_splits()
+  prompt = np.asarray(exp.spec.initial_prompt(jax.random.PRNGKey(0), exp.frozen))
+  return RoundContext(spec=exp.spec, frozen=exp.frozen, train=tokens["train"],
+                      validation=tokens["validation"], checkpoints=[(prompt, 1.0)],
+                      final_prompt=prompt,
+                      train_logits=predict_logits(exp.spec, prompt, exp.frozen, tokens["train"]),
+                      validation_logits=predict_logits(exp.spec, prompt, exp.frozen,
+                                                       tokens["validation"]),
+                      seed=0, batch_size=batch_size, progress=False)
+
+
+def _one_embedding(exp, arrays, i):
+  """The backbone's sentence embedding of row i alone (no batching, no padding trim)."""
+  return np.asarray(exp.spec.backbone.module.apply(
+      {"params": exp.frozen}, arrays["tokens"][i:i + 1], arrays["mask"][i:i + 1],
+      method="sentence_embeddings"), np.float64)[0]
+
+
+def _by_definition(ctx, exp, neighbours, with_train):
+  train, validation = ctx.train, ctx.validation
+  num_classes = len(exp.spec.label_names)
+  cand = np.stack([_one_embedding(exp, train, i) for i in range(len(train["label"]))])
+  voters = np.stack([_one_embedding(exp, validation, i) for i in range(len(validation["label"]))])
+  voter_labels = validation["label"]
+  if with_train:
+    voters, voter_labels = np.concatenate([voters, cand]), np.concatenate([voter_labels,
+                                                                          train["label"]])
+  centre = voters.mean(axis=0)
+  unit = lambda x: (x - centre) / np.linalg.norm(x - centre)
+  scores = []
+  for i, label in enumerate(train["label"]):
+    logits = ctx.train_logits[i].copy()
+    logits[label] = -np.inf
+    other = 1 - label if num_classes == 2 else int(np.argmax(logits))
+    votes = {}
+    for k in (label, other):
+      sims = [unit(cand[i]) @ unit(v) for j, v in enumerate(voters)
+              if voter_labels[j] == k and not (with_train and j == len(validation["label"]) + i)]
+      sims = sorted(sims, reverse=True)[:neighbours]
+      votes[k] = np.mean(sims)
+    scores.append(votes[other] - votes[label])
+  return np.array(scores)
+
+
+@pytest.mark.parametrize("split,labels", [(synthetic_split, ("negative", "positive")),
+                                          (synthetic_three_class_split,
+                                           ("negative", "neutral", "positive"))])
+@pytest.mark.parametrize("voters", ["validation", "validation_and_train"])
+def test_the_vote_matches_its_definition(split, labels, voters):
+  exp = tiny_experiment(labels, split, num_train=20, corrupt=5)
+  ctx = _context(exp)
+  for neighbours in (3, None):
+    got = embedding_vote.embedding_vote_scores(ctx, neighbours, center=True, voters=voters)
+    expected = _by_definition(ctx, exp, neighbours or 10_000, voters == "validation_and_train")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_settings_and_a_backbone_without_sentence_embeddings_are_refused():
+  exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=8, corrupt=2)
+  ctx = _context(exp)
+  with pytest.raises(UserError, match="voters='everyone' is unknown"):
+    embedding_vote.embedding_vote_scores(ctx, voters="everyone")
+  with pytest.raises(UserError, match="neighbours = 0"):
+    embedding_vote.embedding_vote_scores(ctx, neighbours=0)
+
+  class NoSentences:  # a decoder-like backbone: no sentence_embeddings method
+    name = "decoder"
+    module = object()
+  spec = type("Spec", (), {"backbone": NoSentences(), "label_names": ("a", "b")})()
+  with pytest.raises(UserError, match="'decoder' has none"):
+    embedding_vote.sentence_embeddings(
+        RoundContext(spec=spec, frozen=None, train=ctx.train, validation=ctx.validation,
+                     checkpoints=[], final_prompt=None, train_logits=None,
+                     validation_logits=None, seed=0), ctx.train)
