@@ -43,6 +43,8 @@ def main() -> None:
   p.add_argument("--seed", type=int, required=True)
   p.add_argument("--strategies", default="class_vote_knn,loss")
   p.add_argument("--sweep", default=None, help="configurable.parameter=v1,v2,...")
+  p.add_argument("--scores_out", default=None,
+                 help="also save every variant's scores and the corruption mask (.npz)")
   args = p.parse_args()
   if args.seed >= 100:
     raise SystemExit(f"--seed={args.seed}: seeds >= 100 are for reporting; tune on others")
@@ -60,7 +62,7 @@ def main() -> None:
   if args.sweep:
     sweep_binding, values = args.sweep.split("=", 1)
     sweep_values = [_parse_value(v) for v in values.split(",")]
-  found = {}
+  found, all_scores = {}, {}
 
   @register("detection_probe")
   def probe(ctx):
@@ -74,7 +76,7 @@ def main() -> None:
         if value is not None:
           with gin.unlock_config():
             gin.bind_parameter(sweep_binding, value)
-        scores = np.asarray(get_strategy(name)(ctx), np.float64)
+        scores = all_scores[label] = np.asarray(get_strategy(name)(ctx), np.float64)
         finite = np.isfinite(scores)
         ranked = np.nan_to_num(scores, neginf=np.finfo(np.float64).min)
         picks = np.argsort(-ranked, kind="stable")[:min(budget, int(finite.sum()))]
@@ -84,6 +86,7 @@ def main() -> None:
             "suspects": int(finite.sum()),
             "precision_at_budget": round(float(truth[picks].mean()), 4) if len(picks) else None}
     found["_"] = {"budget": budget, "corrupted": int(truth.sum()), "train": len(truth)}
+    all_scores["_is_corrupted"] = truth
     raise _Scored()
 
   # The data configs take the corruption seed through this macro; gbair benchmark binds the
@@ -96,6 +99,8 @@ def main() -> None:
   except _Scored:
     pass
   summary = found.pop("_")
+  if args.scores_out:
+    np.savez(args.scores_out, **all_scores)
   print(json.dumps({"benchmark": "strategy_detection", "gin_file": args.gin_file,
                     "seed": args.seed, **summary, "strategies": found, **common.machine()}))
 

@@ -86,3 +86,48 @@ def test_bad_settings_and_a_backbone_without_sentence_embeddings_are_refused():
         RoundContext(spec=spec, frozen=None, train=ctx.train, validation=ctx.validation,
                      checkpoints=[], final_prompt=None, train_logits=None,
                      validation_logits=None, seed=0), ctx.train)
+
+
+def test_voters_are_scored_with_themselves_left_out():
+  """The calibration's samples: every validation voter voted on by the others, at its own
+  label (clean) and as if labelled with the other class (flipped)."""
+  exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=12, corrupt=3)
+  ctx = _context(exp)
+  vote = embedding_vote.embedding_vote(ctx, neighbours=4)
+  labels = ctx.validation["label"]
+  feats = np.stack([_one_embedding(exp, ctx.validation, i) for i in range(len(labels))])
+  feats = feats - feats.mean(axis=0)
+  feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+  def vote_for(j, k):
+    sims = sorted((feats[j] @ feats[i] for i in range(len(labels)) if labels[i] == k and i != j),
+                  reverse=True)
+    return np.mean(sims[:4])
+  as_label = lambda a: np.array([vote_for(j, 1 - a) - vote_for(j, a) for j in range(len(labels))])
+  for a in (0, 1):
+    clean, flipped = vote.voter_scores[(a, 1 - a)]
+    np.testing.assert_allclose(clean, as_label(a)[labels == a], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(flipped, as_label(a)[labels == 1 - a], rtol=1e-5, atol=1e-6)
+
+
+def test_the_calibrated_vote_runs_in_embedding_space(tmp_path):
+  import gin
+  import json
+  import os
+  from gbair_jax.recovery import loop
+  exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=48, corrupt=12)
+  gin.parse_config("train_prompt.num_epochs = 1\ntrain_prompt.tensorboard = False\n"
+                   "selection_size.select_count = 6\n"
+                   "class_vote_calibrated_strategy.space = 'embedding'")
+  out = str(tmp_path / "run")
+  report = loop.run(out, num_rounds=1, strategy="class_vote_calibrated", references=(),
+                    experiment=exp, progress=False)
+  cells = json.load(open(os.path.join(out, "round_0", "calibration.json")))["cells"]
+  assert {(c["label"], c["other"]) for c in cells} == {(0, 1), (1, 0)}
+  scores = np.load(os.path.join(out, "round_0", "scores.npz"))["score"]
+  # Only suspects are finite, and the round changed at most the budget of them.
+  assert report["rounds"][0]["selected"] <= min(6, int(np.isfinite(scores).sum()))
+  gin.clear_config()
+  gin.parse_config("class_vote_calibrated_strategy.space = 'words'")
+  with pytest.raises(UserError, match="space='words' is unknown"):
+    loop.run(str(tmp_path / "bad"), num_rounds=1, strategy="class_vote_calibrated",
+             references=(), experiment=exp, progress=False)

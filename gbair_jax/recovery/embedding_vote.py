@@ -16,6 +16,8 @@ The features never change, so between rounds the score moves only through the la
 `class_vote_knn` does; `"validation_and_train"` adds the rest of the training set at its
 current, noisy labels (no example votes on itself): kNN label-noise detection over the
 whole labelled pool, the variant that needs no clean data at all but the voters' majority.
+`class_vote_calibrated_strategy.space = "embedding"` calibrates this vote as it does the
+gradient one (recovery/vote_calibration.py): the validation voters' leave-one-out scores.
 """
 from __future__ import annotations
 
@@ -64,40 +66,56 @@ def sentence_embeddings(ctx: RoundContext, arrays: dict[str, np.ndarray]) -> np.
   return embeddings
 
 
-def embedding_vote_scores(ctx: RoundContext, neighbours: int | None = 20, center: bool = True,
-                          voters: str = "validation") -> np.ndarray:
-  """S_other - S_label for every training example (see the module docstring)."""
+def embedding_vote(ctx: RoundContext, neighbours: int | None = 20, center: bool = True,
+                   voters: str = "validation",
+                   binding: str = "class_vote_embedding_strategy") -> gradient_vote.Vote:
+  """The vote on the training set and on the validation voters (`gradient_vote.Vote`: the
+  voters' leave-one-out scores calibrate it); `binding` names the gin configurable the
+  settings came from, for the errors."""
   if voters not in VOTER_SETS:
-    raise UserError(f"class_vote_embedding_strategy.voters='{voters}' is unknown "
+    raise UserError(f"{binding}.voters='{voters}' is unknown "
                     f"(expected one of {', '.join(VOTER_SETS)})")
   if neighbours is not None and (isinstance(neighbours, bool) or not isinstance(neighbours, int)
                                  or neighbours < 1):
-    raise UserError(f"class_vote_embedding_strategy.neighbours = {neighbours!r}: must be an "
-                    "integer >= 1")
+    raise UserError(f"{binding}.neighbours = {neighbours!r}: must be an integer >= 1")
   labels = np.asarray(ctx.train["label"])
   num, num_classes = len(labels), len(ctx.spec.label_names)
   candidates = sentence_embeddings(ctx, ctx.train)
-  voter_features = sentence_embeddings(ctx, ctx.validation)
-  voter_labels = np.asarray(ctx.validation["label"])
+  validation = sentence_embeddings(ctx, ctx.validation)
+  validation_labels = np.asarray(ctx.validation["label"])
   with_train = voters == "validation_and_train"
-  if with_train:
-    voter_features = np.concatenate([voter_features, candidates])
-    voter_labels = np.concatenate([voter_labels, labels])
-  centre = (voter_features.mean(axis=0, keepdims=True) if center
-            else np.zeros_like(voter_features[:1]))
-  voter_features = gradient_vote.unit_rows(voter_features - centre)
-  candidates = gradient_vote.unit_rows(candidates - centre)
-  num_validation = len(ctx.validation["label"])
-  votes = np.empty((num, num_classes))
-  for start in range(0, num, _BLOCK):
-    rows = np.arange(start, min(start + _BLOCK, num))
-    kernel = candidates[rows] @ voter_features.T
-    if with_train:  # -inf: a training example never votes on itself (class_votes skips it)
-      kernel[np.arange(len(rows)), num_validation + rows] = -np.inf
-    votes[rows] = gradient_vote.class_votes(kernel, voter_labels, num_classes, neighbours)
+  pool = np.concatenate([validation, candidates]) if with_train else validation
+  pool_labels = np.concatenate([validation_labels, labels]) if with_train else validation_labels
+  centre = pool.mean(axis=0, keepdims=True) if center else np.zeros_like(pool[:1])
+  pool = gradient_vote.unit_rows(pool - centre)
+  num_validation = len(validation_labels)
+
+  def votes_of(features: np.ndarray, pool_index: np.ndarray) -> np.ndarray:
+    """[n, C] class votes of rows whose own place in the pool is `pool_index` (-1: none)."""
+    votes = np.empty((len(features), num_classes))
+    for start in range(0, len(features), _BLOCK):
+      rows = np.arange(start, min(start + _BLOCK, len(features)))
+      kernel = features[rows] @ pool.T
+      own = pool_index[rows] >= 0  # -inf: nobody votes on itself (class_votes skips it)
+      kernel[np.flatnonzero(own), pool_index[rows][own]] = -np.inf
+      votes[rows] = gradient_vote.class_votes(kernel, pool_labels, num_classes, neighbours)
+    return votes
+
+  train_index = num_validation + np.arange(num) if with_train else np.full(num, -1)
+  votes = votes_of(gradient_vote.unit_rows(candidates - centre), train_index)
   others = (1 - labels if num_classes == 2
             else gradient_vote.most_likely_other(ctx.train_logits, labels))
-  return gradient_vote.vote_scores(votes, labels, others)
+  voter_votes = votes_of(pool[:num_validation], np.arange(num_validation))
+  pairs = set(zip(np.minimum(labels, others).tolist(), np.maximum(labels, others).tolist()))
+  return gradient_vote.Vote(gradient_vote.vote_scores(votes, labels, others), others,
+                            gradient_vote.voter_samples(voter_votes, validation_labels,
+                                                        sorted(pairs)))
+
+
+def embedding_vote_scores(ctx: RoundContext, neighbours: int | None = 20, center: bool = True,
+                          voters: str = "validation") -> np.ndarray:
+  """S_other - S_label for every training example (see the module docstring)."""
+  return embedding_vote(ctx, neighbours, center, voters).scores
 
 
 @register("class_vote_embedding")

@@ -203,12 +203,18 @@ def _voters_left_out(voters: np.ndarray, labels: np.ndarray, pair: tuple[int, in
   """`Vote.voter_scores` of one pair: every voter voted on by the others (itself excluded)."""
   kernel = np.einsum("c,cmk,cnk->mn", rates, voters, voters)
   np.fill_diagonal(kernel, -np.inf)
-  votes = class_votes(kernel, labels, num_classes, neighbours)
+  return voter_samples(class_votes(kernel, labels, num_classes, neighbours), labels, [pair])
+
+
+def voter_samples(votes: np.ndarray, labels: np.ndarray, pairs) -> dict:
+  """`Vote.voter_scores` for the class `pairs`, from the voters' own leave-one-out class
+  votes [M, C] and their labels [M]."""
   samples = {}
-  for a, b in (pair, pair[::-1]):
-    as_label_a = votes[:, b] - votes[:, a]          # each voter's score if it were labelled a
-    clean, flipped = as_label_a[labels == a], as_label_a[labels == b]
-    samples[(a, b)] = (clean[np.isfinite(clean)], flipped[np.isfinite(flipped)])
+  for pair in pairs:
+    for a, b in (pair, pair[::-1]):
+      as_label_a = votes[:, b] - votes[:, a]          # each voter's score if it were labelled a
+      clean, flipped = as_label_a[labels == a], as_label_a[labels == b]
+      samples[(a, b)] = (clean[np.isfinite(clean)], flipped[np.isfinite(flipped)])
   return samples
 
 

@@ -35,6 +35,7 @@ import gin
 import numpy as np
 
 from gbair_jax.errors import UserError
+from gbair_jax.recovery import embedding_vote
 from gbair_jax.recovery import gradient_vote
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery.registry import register
@@ -97,15 +98,24 @@ def calibrated_scores(vote: gradient_vote.Vote, labels: np.ndarray, min_posterio
 @register("class_vote_calibrated")
 @gin.configurable(denylist=["ctx"])
 def class_vote_calibrated_strategy(ctx: RoundContext, neighbours: int = 20, center: bool = True,
-                                   min_posterior: float = 0.5) -> np.ndarray:
-  """`class_vote_knn`, keeping only examples whose calibrated posterior of a wrong label
-  exceeds `min_posterior`, ranked by it (module docstring)."""
+                                   min_posterior: float = 0.5,
+                                   space: str = "gradient") -> np.ndarray:
+  """`class_vote_knn` (`space="gradient"`) or `class_vote_embedding` (`"embedding"`: frozen
+  sentence embeddings, validation voters), keeping only examples whose calibrated posterior
+  of a wrong label exceeds `min_posterior`, ranked by it (module docstring)."""
   if isinstance(min_posterior, bool) or not isinstance(min_posterior, (int, float)) or not (
       0 < min_posterior < 1):
     raise UserError(f"class_vote_calibrated_strategy.min_posterior = {min_posterior!r}: "
                     "must be a number in (0, 1)")
-  vote = gradient_vote.class_vote(ctx, neighbours, center,
-                                  binding="class_vote_calibrated_strategy.neighbours")
+  if space == "gradient":
+    vote = gradient_vote.class_vote(ctx, neighbours, center,
+                                    binding="class_vote_calibrated_strategy.neighbours")
+  elif space == "embedding":
+    vote = embedding_vote.embedding_vote(ctx, neighbours, center,
+                                         binding="class_vote_calibrated_strategy")
+  else:
+    raise UserError(f"class_vote_calibrated_strategy.space='{space}' is unknown "
+                    "(expected gradient or embedding)")
   scores, cells = calibrated_scores(vote, ctx.train["label"], float(min_posterior))
   if ctx.round_dir is not None and process.is_primary():
     files.write_json(files.join(ctx.round_dir, CALIBRATION_FILE),
