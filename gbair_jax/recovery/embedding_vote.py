@@ -32,7 +32,7 @@ from gbair_jax.recovery import gradient_vote
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery.registry import register
 from gbair_jax.runtime import mesh as mesh_lib
-from gbair_jax.train import batches as batches_lib
+from gbair_jax.train.trainer import predict_logits
 
 VOTER_SETS = ("validation", "validation_and_train")
 _BLOCK = 1024  # candidate rows per kernel block: memory [block, voters], not [N, voters]
@@ -40,7 +40,9 @@ _BLOCK = 1024  # candidate rows per kernel block: memory [block, voters], not [N
 
 @functools.lru_cache(maxsize=None)
 def _embed_fn(module, mesh):
-  return jax.jit(lambda frozen, tokens, mask: module.apply(
+  """Jitted `(prompt, frozen, tokens, mask) -> [B, D]` in `predict_logits`' calling
+  convention (the prompt is unused: nothing is prompted)."""
+  return jax.jit(lambda prompt, frozen, tokens, mask: module.apply(
       {"params": frozen}, tokens, mask, method="sentence_embeddings"),
                  out_shardings=mesh_lib.replicated(mesh))
 
@@ -52,18 +54,9 @@ def sentence_embeddings(ctx: RoundContext, arrays: dict[str, np.ndarray]) -> np.
     raise UserError(f"run.strategy='class_vote_embedding' needs a backbone with sentence "
                     f"embeddings (an encoder such as minilm); '{ctx.spec.backbone.name}' has none")
   mesh = ctx.mesh if ctx.mesh is not None else mesh_lib.single_device_mesh()
-  embed = _embed_fn(module, mesh)
-  frozen = mesh_lib.on_mesh(ctx.frozen, mesh)
-  order = batches_lib.length_order(arrays)
-  out = []
-  for batch in batches_lib.iterate_batches(arrays, ctx.batch_size, order, keys=("tokens", "mask"),
-                                           trim_multiple=batches_lib.TRIM_MULTIPLE):
-    placed = mesh_lib.shard_batch(batch, mesh)
-    rows = mesh_lib.host_value(embed(frozen, placed["tokens"], placed["mask"]))
-    out.append(np.asarray(rows, np.float64)[:len(batch["valid"])][batch["valid"]])
-  embeddings = np.empty((len(order), out[0].shape[1]), np.float64)
-  embeddings[order] = np.concatenate(out)
-  return embeddings
+  # predict_logits' batching (shortest first, trimmed padding, split over the mesh).
+  return predict_logits(ctx.spec, None, ctx.frozen, arrays, ctx.batch_size,
+                        logits_fn=_embed_fn(module, mesh), mesh=mesh).astype(np.float64)
 
 
 def embedding_vote(ctx: RoundContext, neighbours: int | None = 20, center: bool = True,
