@@ -24,9 +24,11 @@ def small_gin():
 
 
 def _scripted_gate(monkeypatch, values):
-  """The gate reads `values` round after round instead of the model's metric."""
+  """The gate reads `values` round after round instead of the model's metric (and a
+  standard error of 0: the real one would read the script on every resample)."""
   seen = iter(values)
   monkeypatch.setattr(gate_lib, "gate_value", lambda logits, gate, config: next(seen))
+  monkeypatch.setattr(gate_lib, "difference_noise", lambda *args: 0.0)
 
 
 def test_split_gate_is_stratified_disjoint_and_seeded():
@@ -116,9 +118,13 @@ def test_difference_noise_is_a_paired_seeded_standard_error():
       gate_lib.GateConfig(**bad).check()
 
 
-def test_a_fall_within_the_gate_noise_keeps_the_round(experiment, tmp_path, monkeypatch):
+@pytest.mark.parametrize("noise_z,accepted,final_round",
+                         [(1.0, [True, True, False], 1), (0.0, [True, False, False], 0)])
+def test_a_fall_within_the_gate_noise_keeps_the_round(experiment, tmp_path, monkeypatch,
+                                                      noise_z, accepted, final_round):
   """With GateConfig.noise_z, the gate compares the fall with its standard error, computed
-  against the accepted model's logits on the gate slice."""
+  against the accepted model's logits on the gate slice. The standard error is recorded
+  with noise_z = 0 too (it then decides nothing), so finished runs can replay a noise_z."""
   _scripted_gate(monkeypatch, [0.80, 0.79, 0.70])
   seen = []
 
@@ -127,14 +133,14 @@ def test_a_fall_within_the_gate_noise_keeps_the_round(experiment, tmp_path, monk
     return 0.02
 
   monkeypatch.setattr(gate_lib, "difference_noise", noise)
-  gin.bind_parameter("GateConfig.noise_z", 1.0)
+  gin.bind_parameter("GateConfig.noise_z", noise_z)
   report = loop.run(str(tmp_path / "run"), num_rounds=2, strategy="loss", gate=True,
                     references=(), experiment=experiment, progress=False)
   gates = [r["gate"] for r in report["rounds"]]
-  assert [g["accepted"] for g in gates] == [True, True, False]  # -0.01 kept, -0.09 not
+  assert [g["accepted"] for g in gates] == accepted  # noise_z 1: -0.01 kept, -0.09 not
   assert [g["noise"] for g in gates] == [None, 0.02, 0.02]
   assert len(seen) == 2 and all(a == b and a[0] == n for a, b, n in seen)
-  assert report["final_round"] == 1
+  assert report["final_round"] == final_round
 
 
 def test_gate_holds_out_validation_and_scores_the_real_model(experiment, tmp_path):

@@ -357,7 +357,8 @@ def _gate_round(job: _Settings, result, summary: dict, entries: list, state: _Ro
   value = gate_lib.gate_value(logits, job.splits["gate"], gate)
   last_changes = [e for e in entries if e.round == r - 1 and not gate_lib.is_rollback(e)]
   noise = None
-  if last_changes and gate.noise_z > 0:  # the accepted model on the same gate resamples
+  # Recorded even with noise_z = 0, so a noise_z can be chosen by replaying finished runs.
+  if last_changes:  # the accepted model on the same gate resamples
     accepted_logits = predict_logits(exp.spec, _last_prompt(job.round_dir(state.accepted_round)),
                                      exp.frozen, job.splits["gate"], mesh=exp.mesh)
     noise = gate_lib.difference_noise(logits, accepted_logits, job.splits["gate"], gate)
