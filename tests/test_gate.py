@@ -148,6 +148,13 @@ def test_gate_holds_out_validation_and_scores_the_real_model(experiment, tmp_pat
                     references=(), experiment=experiment, progress=False)
   first = report["rounds"][0]["gate"]
   assert first["accepted"] and 0.0 <= first["value"] <= 1.0
+  # Every round's gate logits are kept, and they give the recorded gate value.
+  for summary in report["rounds"]:
+    saved = np.load(os.path.join(tmp_path, "run", f"round_{summary['round']}",
+                                 loop.GATE_LOGITS_FILE))
+    assert len(saved["example_id"]) == 16 and saved["logits"].shape == (16, 2)
+    assert gate_lib.gate_value(saved["logits"], {"label": saved["label"]},
+                               gate_lib.GateConfig()) == summary["gate"]["value"]
   assert report["rounds"][0]["num_misclassified_validation"] <= 16  # half of 32 held out
 
 

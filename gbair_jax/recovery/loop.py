@@ -68,6 +68,7 @@ _ROUND_DIR = re.compile(r"round_(\d+)")
 
 
 SCORES_FILE = "scores.npz"
+GATE_LOGITS_FILE = "gate_logits.npz"  # each round's model on the gate slice: replay a gate rule
 
 
 def save_scores(path: str, example_ids: np.ndarray, scores: np.ndarray) -> None:
@@ -355,6 +356,11 @@ def _gate_round(job: _Settings, result, summary: dict, entries: list, state: _Ro
   r, gate, exp = summary["round"], job.gate, job.exp
   logits = predict_logits(exp.spec, result.prompt, exp.frozen, job.splits["gate"], mesh=exp.mesh)
   value = gate_lib.gate_value(logits, job.splits["gate"], gate)
+  if job.primary:
+    buffer = io.BytesIO()
+    np.savez(buffer, example_id=job.splits["gate"]["example_id"],
+             label=job.splits["gate"]["label"], logits=logits)
+    files.write_bytes(files.join(job.round_dir(r), GATE_LOGITS_FILE), buffer.getvalue())
   last_changes = [e for e in entries if e.round == r - 1 and not gate_lib.is_rollback(e)]
   noise = None
   # Recorded even with noise_z = 0, so a noise_z can be chosen by replaying finished runs.
