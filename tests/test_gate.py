@@ -185,3 +185,28 @@ def test_a_rerun_warm_starts_from_the_accepted_round_not_a_rejected_one(monkeypa
   plain = loop._RoundState(budget=6)
   plain.restore({"round": 1}, lambda r: f"round_{r}")  # no gate: the round's own prompt
   assert (plain.prompt, plain.budget) == ("round_1", 6)
+
+
+def _gated_report(values, noises, accepted, test_aucs):
+  """A report.json's rounds as the loop writes them (only what the replay reads)."""
+  return {"rounds": [{"gate": {"value": v, "noise": n, "accepted": a}, "test": {"auc": t}}
+                     for v, n, a, t in zip(values, noises, accepted, test_aucs)]}
+
+
+def test_gate_replay_changes_only_the_last_decision_and_refuses_to_guess_earlier_ones():
+  from benchmarks import gate_replay
+  # Round 2 fell by 0.01 with a standard error of 0.02: rejected at noise_z 0.
+  last = _gated_report([0.80, 0.85, 0.84], [None, 0.03, 0.02], [True, True, False],
+                       [0.70, 0.75, 0.78])
+  assert gate_replay.replay(last, 0.0) == 1
+  assert gate_replay.replay(last, 0.4) == 1  # 0.84 < 0.85 - 0.008
+  assert gate_replay.replay(last, 0.6) == 2 and gate_replay.replay(last, None) == 2
+  # Round 1 was rejected; keeping it would have trained round 2 on other labels: no guess.
+  early = _gated_report([0.80, 0.79, 0.81], [None, 0.02, 0.02], [True, False, True],
+                        [0.70, 0.72, 0.73])
+  assert gate_replay.replay(early, 0.0) == 2
+  assert gate_replay.replay(early, 1.0) is None and gate_replay.replay(early, None) is None
+  # A round with nothing to judge (no noise recorded) is kept by every rule.
+  empty = _gated_report([0.80, 0.70, 0.69], [None, None, 0.01], [True, True, False],
+                        [0.70, 0.70, 0.71])
+  assert gate_replay.replay(empty, 0.0) == 1 and gate_replay.replay(empty, 2.0) == 2
