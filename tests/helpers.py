@@ -100,14 +100,15 @@ tracin_opponents.top_k = 8
   return str(path)
 
 
-def tiny_experiment(label_names, split, num_train: int = 48, corrupt: int = 12):
-  """An Experiment on the tiny BERT: `split` (synthetic_split or the three-class one) gives
-  `num_train` training rows with `corrupt` flipped, 32 validation and 24 test rows."""
+def tiny_experiment(label_names, split, num_train: int = 48, corrupt: int = 12, backbone=None):
+  """An Experiment on the tiny BERT (or `backbone`, a PretrainedBackbone): `split`
+  (synthetic_split or the three-class one) gives `num_train` training rows with `corrupt`
+  flipped, 32 validation and 24 test rows."""
   from gbair_jax.data.dataset import LabeledData  # pylint: disable=g-import-not-at-top
   from gbair_jax.models.bert import tiny_bert  # pylint: disable=g-import-not-at-top
   from gbair_jax.models.classifier import build_classifier  # pylint: disable=g-import-not-at-top
   from gbair_jax.train.experiment import Experiment  # pylint: disable=g-import-not-at-top
-  backbone = tiny_bert()
+  backbone = backbone or tiny_bert()
   data = LabeledData(task="synthetic", label_names=label_names, splits={
       "train": split(num_train, 0, corrupt=corrupt), "validation": split(32, 1, 1000),
       "test": split(24, 2, 2000)})

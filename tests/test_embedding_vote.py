@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from gbair_jax.errors import UserError
+from gbair_jax.models.llama import tiny_llama
+from gbair_jax.models.t5 import tiny_t5
 from gbair_jax.recovery import embedding_vote
 from gbair_jax.recovery.context import RoundContext
 from gbair_jax.train.trainer import predict_logits
@@ -69,6 +71,27 @@ def test_the_vote_matches_its_definition(split, labels, voters):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("make_backbone", [tiny_t5, tiny_llama], ids=["t5", "llama"])
+def test_every_backbone_has_a_padding_blind_unit_sentence_embedding(make_backbone):
+  """T5 and the decoders mean-pool their last hidden states: the vote runs on them too,
+  by its definition, and what sits in padded positions never reaches the embedding."""
+  exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=12, corrupt=3,
+                        backbone=make_backbone())
+  ctx = _context(exp)
+  got = embedding_vote.embedding_vote_scores(ctx, 3, center=True, voters="validation")
+  np.testing.assert_allclose(got, _by_definition(ctx, exp, 3, False), rtol=1e-5, atol=1e-6)
+  embed = lambda t, m: np.asarray(exp.spec.backbone.module.apply(
+      {"params": exp.frozen}, t, m, method="sentence_embeddings"))
+  short = ctx.train["tokens"][:4, :8]
+  unit = embed(short, np.ones_like(short))
+  np.testing.assert_allclose(np.linalg.norm(unit, axis=-1), 1.0, atol=1e-5)
+  assert not np.allclose(unit[0], unit[1], atol=1e-3)  # rows differ: not a constant
+  # The same texts with 4 padded positions holding other tokens.
+  padded = np.concatenate([short, np.full((4, 4), 7, short.dtype)], axis=1)
+  mask = np.concatenate([np.ones_like(short), np.zeros((4, 4), short.dtype)], axis=1)
+  np.testing.assert_allclose(embed(padded, mask), unit, atol=1e-5)
+
+
 def test_bad_settings_and_a_backbone_without_sentence_embeddings_are_refused():
   exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=8, corrupt=2)
   ctx = _context(exp)
@@ -77,7 +100,7 @@ def test_bad_settings_and_a_backbone_without_sentence_embeddings_are_refused():
   with pytest.raises(UserError, match="neighbours = 0"):
     embedding_vote.embedding_vote_scores(ctx, neighbours=0)
 
-  class NoSentences:  # a decoder-like backbone: no sentence_embeddings method
+  class NoSentences:  # a backbone without a sentence_embeddings method
     name = "decoder"
     module = object()
   spec = type("Spec", (), {"backbone": NoSentences(), "label_names": ("a", "b")})()

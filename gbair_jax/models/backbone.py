@@ -34,6 +34,11 @@ class Backbone(Protocol):
     bundle's `encode_classes`) -> float32 [B, C]; higher means more likely. Encoders
     return a scaled similarity, decoders the log-likelihood of each verbalizer.
   `hidden_size`: D.
+  `sentence_embeddings(tokens, mask)` (optional): int32 [B, T] -> float32 [B, D], the
+    frozen network's unit-norm embedding of each text, no prompt (`class_vote_embedding`).
+    MiniLM's is the one all-MiniLM-L6-v2 was trained to give; T5 and LLaMA mean-pool their
+    last hidden states over the real tokens (Sentence-T5's "mean" and the usual decoder
+    baseline), which were never trained for similarity.
   """
 
   hidden_size: int
@@ -42,6 +47,17 @@ class Backbone(Protocol):
 
   def score_classes(self, embeddings: jax.Array, mask: jax.Array, class_tokens: jax.Array,
                     class_mask: jax.Array, prompt_length: int = 0) -> jax.Array: ...
+
+
+def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+  """[B, T, D] -> [B, D]: the mean over the positions where mask [B, T] is set."""
+  weights = mask.astype(jnp.float32)[..., None]
+  return (hidden.astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  # Same floor as torch.nn.functional.normalize (norm >= 1e-12).
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), -1, keepdims=True), 1e-24))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,8 @@ import numpy as np
 
 from gbair_jax.errors import UserError
 from gbair_jax.models import minilm_weights
-from gbair_jax.models.backbone import MASK_VALUE, PretrainedBackbone, pad_rows, random_params
+from gbair_jax.models.backbone import (MASK_VALUE, PretrainedBackbone, l2_normalize, mean_pool,
+                                       pad_rows, random_params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,16 +184,6 @@ class _Encoder(nn.Module):
     return x
 
 
-def _mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
-  weights = mask.astype(jnp.float32)[..., None]
-  return (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
-
-
-def _l2_normalize(x: jax.Array) -> jax.Array:
-  # Same floor as torch.nn.functional.normalize (norm >= 1e-12).
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), -1, keepdims=True), 1e-24))
-
-
 class BertEncoder(nn.Module):
   """BERT with mean pooling; scores classes by `similarity_scale * cos(input, verbalizer)`.
 
@@ -232,7 +223,7 @@ class BertEncoder(nn.Module):
 
   def sentence_embeddings(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
     """all-MiniLM-L6-v2's sentence embedding: mean over real tokens, L2-normalised."""
-    return _l2_normalize(_mean_pool(self.encode(self.embed(tokens), mask), mask))
+    return l2_normalize(mean_pool(self.encode(self.embed(tokens), mask), mask))
 
   def score_classes(self, embeddings: jax.Array, mask: jax.Array, class_tokens: jax.Array,
                     class_mask: jax.Array, prompt_length: int = 0) -> jax.Array:
@@ -253,7 +244,7 @@ class BertEncoder(nn.Module):
     pool_mask = mask
     if prompt_length and not self.pool_prompt:
       pool_mask = mask * (jnp.arange(mask.shape[1]) >= prompt_length).astype(mask.dtype)
-    inputs = _l2_normalize(_mean_pool(self.encode(embeddings, mask), pool_mask))
+    inputs = l2_normalize(mean_pool(self.encode(embeddings, mask), pool_mask))
     classes = self.sentence_embeddings(class_tokens, class_mask)
     return self.similarity_scale * jnp.einsum("bd,cd->bc", inputs, classes)
 

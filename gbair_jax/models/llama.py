@@ -19,7 +19,8 @@ import numpy as np
 
 from gbair_jax.errors import UserError
 from gbair_jax.models import llama_weights
-from gbair_jax.models.backbone import MASK_VALUE, Params, PretrainedBackbone, pad_rows, random_params
+from gbair_jax.models.backbone import (MASK_VALUE, Params, PretrainedBackbone, l2_normalize,
+                                       mean_pool, pad_rows, random_params)
 from gbair_jax.data.bpe_vocabulary import BpeVocabulary
 
 
@@ -235,6 +236,12 @@ class LlamaBackbone(nn.Module):
     """Causal LM logits float32 [B, T, V] at every position of [B, T, D] embeddings."""
     hidden, _, _ = self._prefix(embeddings, mask)
     return self._logits(hidden)
+
+  def sentence_embeddings(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """float32 [B, D]: the final-normed hidden states mean-pooled over real tokens, unit
+    norm (causal: each position has seen only the tokens before it)."""
+    hidden, _, _ = self._prefix(self.embed(tokens), mask)
+    return l2_normalize(mean_pool(hidden, mask))
 
   def next_token_logits(self, embeddings: jax.Array, mask: jax.Array) -> jax.Array:
     """float32 [B, V] logits of the token after the last real position of each row."""

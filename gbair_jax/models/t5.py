@@ -359,6 +359,11 @@ class T5Backbone(nn.Module):
   def encode(self, embeddings: jax.Array, mask: jax.Array) -> jax.Array:
     return self.encoder(embeddings, mask)
 
+  def sentence_embeddings(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """float32 [B, D]: the encoder's output mean-pooled over real tokens, unit norm."""
+    return backbone_lib.l2_normalize(backbone_lib.mean_pool(self.encode(self.embed(tokens), mask),
+                                                            mask))
+
   def score_classes(self, embeddings: jax.Array, mask: jax.Array, class_tokens: jax.Array,
                     class_mask: jax.Array, prompt_length: int = 0) -> jax.Array:
     """Summed log-likelihood of each verbalizer: float32 [B, C].

@@ -5,8 +5,9 @@ Does the prompt's gradient space find flipped labels that the backbone's plain s
 encoder does not? This is the same class-balanced kNN vote, with the features swapped:
 
   e(x)    the backbone's sentence embedding of the text (all-MiniLM-L6-v2: the mean-pooled,
-          L2-normalised output; no prompt, nothing trained), centred on the voters' mean
-          and normalised again
+          L2-normalised output it was trained to give; T5 and the decoders: their last
+          hidden states mean-pooled, never trained for similarity; no prompt, nothing
+          trained), centred on the voters' mean and normalised again
   S_k(z)  mean cosine of e(z) to its `neighbours` most similar voters of class k
   score   S_other(z) - S_label(z)      (other: the other class, or for more than two
                                         classes the model's most likely other one)
@@ -52,7 +53,8 @@ def sentence_embeddings(ctx: RoundContext, arrays: dict[str, np.ndarray]) -> np.
   module = ctx.spec.backbone.module
   if not hasattr(module, "sentence_embeddings"):
     raise UserError(f"run.strategy='class_vote_embedding' needs a backbone with sentence "
-                    f"embeddings (an encoder such as minilm); '{ctx.spec.backbone.name}' has none")
+                    f"embeddings (a `sentence_embeddings` method); "
+                    f"'{ctx.spec.backbone.name}' has none")
   mesh = ctx.mesh if ctx.mesh is not None else mesh_lib.single_device_mesh()
   # predict_logits' batching (shortest first, trimmed padding, split over the mesh).
   return predict_logits(ctx.spec, None, ctx.frozen, arrays, ctx.batch_size,
