@@ -34,7 +34,7 @@ def test_paper_configs_state_the_papers_choices(name):
 
 def test_quickstart_runs_the_default_policy():
   config_lib.parse_gin(["gin/runs/quickstart.gin"])
-  assert gin.query_parameter("run.strategy") == "class_vote_calibrated"
+  assert gin.query_parameter("run.strategy") == "class_vote_embedding"
   assert gin.query_parameter("run.gate") is True
   assert gin.query_parameter("run.train_on_validation") is True
 
@@ -63,6 +63,6 @@ def test_review_config_runs_plain_rounds():
   """`gbair run --review` refuses gated rounds: the README's review command uses this file."""
   config_lib.parse_gin(["gin/runs/quickstart_review.gin"])
   assert gin.query_parameter("run.gate") is False
-  assert gin.query_parameter("run.strategy") == "class_vote_calibrated"
+  assert gin.query_parameter("run.strategy") == "class_vote_embedding"
   with open(os.path.join(REPO, "README.md")) as f:
     assert "gbair run --gin_file=gin/runs/quickstart_review.gin --output_dir=runs/reviewed --review" in f.read()
