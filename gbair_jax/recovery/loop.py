@@ -71,12 +71,17 @@ SCORES_FILE = "scores.npz"
 GATE_LOGITS_FILE = "gate_logits.npz"  # each round's model on the gate slice: replay a gate rule
 
 
+def _write_npz(path: str, **arrays) -> None:
+  """An .npz written whole, locally or to gs:// (files.write_bytes)."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  files.write_bytes(path, buffer.getvalue())
+
+
 def save_scores(path: str, example_ids: np.ndarray, scores: np.ndarray) -> None:
   """One round's strategy scores for every training example (written whole)."""
-  buffer = io.BytesIO()
-  np.savez(buffer, example_id=np.asarray(example_ids, np.int64),
-           score=np.asarray(scores, np.float64))
-  files.write_bytes(path, buffer.getvalue())
+  _write_npz(path, example_id=np.asarray(example_ids, np.int64),
+             score=np.asarray(scores, np.float64))
 
 
 def label_quality(train_source: dict, entries: list, through_round: int) -> dict:
@@ -357,10 +362,9 @@ def _gate_round(job: _Settings, result, summary: dict, entries: list, state: _Ro
   logits = predict_logits(exp.spec, result.prompt, exp.frozen, job.splits["gate"], mesh=exp.mesh)
   value = gate_lib.gate_value(logits, job.splits["gate"], gate)
   if job.primary:
-    buffer = io.BytesIO()
-    np.savez(buffer, example_id=job.splits["gate"]["example_id"],
-             label=job.splits["gate"]["label"], logits=logits)
-    files.write_bytes(files.join(job.round_dir(r), GATE_LOGITS_FILE), buffer.getvalue())
+    _write_npz(files.join(job.round_dir(r), GATE_LOGITS_FILE),
+               example_id=job.splits["gate"]["example_id"], label=job.splits["gate"]["label"],
+               logits=logits)
   last_changes = [e for e in entries if e.round == r - 1 and not gate_lib.is_rollback(e)]
   noise = None
   # Recorded even with noise_z = 0, so a noise_z can be chosen by replaying finished runs.
