@@ -26,6 +26,7 @@ class RoundContext:
   frozen: Any
   train: Arrays                                  # tokenised, labels as of this round
   validation: Arrays                             # tokenised, never corrupted
+  # An ensemble's (train/ensemble.py) prompts are its member 0's; its logits are the mean.
   checkpoints: list[tuple[np.ndarray, float]]    # (prompt, learning rate) per epoch
   final_prompt: np.ndarray
   train_logits: np.ndarray                       # [N, C] at the final prompt

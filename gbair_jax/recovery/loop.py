@@ -57,6 +57,7 @@ from gbair_jax.review import rounds as review_rounds
 from gbair_jax.runtime import files
 from gbair_jax.runtime import process as distributed
 from gbair_jax.train import checkpoints
+from gbair_jax.train import ensemble
 from gbair_jax.train.experiment import (Experiment, build_experiment, check_output_dir_free,
                                         claim_output_dir)
 from gbair_jax.train.trainer import predict_logits, train_prompt
@@ -456,7 +457,8 @@ def _round_context(job: _Settings, result, train: dict, r: int) -> RoundContext:
   exp, splits, round_dir = job.exp, job.splits, job.round_dir(r)
   return RoundContext(
       spec=exp.spec, frozen=exp.frozen, train=train, validation=splits["validation"],
-      checkpoints=checkpoints.load_tracin_checkpoints(round_dir), final_prompt=result.prompt,
+      checkpoints=checkpoints.load_tracin_checkpoints(round_dir),
+      final_prompt=ensemble.first_member(result.prompt),  # gradients: member 0
       # At the final prompt in both modes: in-run scores with the logits each example had
       # in the last epoch picked 0.625 where these picked 0.70 (docs/BENCHMARKS.md).
       train_logits=predict_logits(exp.spec, result.prompt, exp.frozen, train, mesh=exp.mesh),

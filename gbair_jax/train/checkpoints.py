@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 
 from gbair_jax.errors import UserError
 from gbair_jax.runtime import files
+from gbair_jax.train import ensemble
 
 ITEMS = ("prompt", "opt_state", "meta")
 
@@ -119,8 +120,9 @@ def load_prompt(round_dir: str, epoch: int) -> np.ndarray:
 
 
 def load_tracin_checkpoints(round_dir: str) -> list[tuple[np.ndarray, float]]:
-  """[(prompt, learning_rate)] for every epoch: the input of TracInCP."""
-  return [(load_prompt(round_dir, info.epoch), info.learning_rate)
+  """[(prompt, learning_rate)] for every epoch: the input of TracInCP (an ensemble's member
+  0, train/ensemble.py)."""
+  return [(ensemble.first_member(load_prompt(round_dir, info.epoch)), info.learning_rate)
           for info in list_checkpoints(round_dir)]
 
 

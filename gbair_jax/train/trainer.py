@@ -22,6 +22,7 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from gbair_jax.errors import UserError
 from gbair_jax.models.backbone import Params
 from gbair_jax.models.classifier import ClassifierSpec
 from gbair_jax.runtime import files
@@ -29,6 +30,7 @@ from gbair_jax.runtime import mesh as mesh_lib
 from gbair_jax.runtime import process
 from gbair_jax.train import batches as batches_lib
 from gbair_jax.train import checkpoints
+from gbair_jax.train import ensemble as ensemble_lib
 from gbair_jax.train import in_run as in_run_lib
 from gbair_jax.train import optimizer as optimizer_lib
 from gbair_jax.train.metrics import classification_metrics
@@ -55,9 +57,13 @@ def mean_loss(spec: ClassifierSpec) -> Callable:
 def make_train_step(spec: ClassifierSpec, optimizer: optax.GradientTransformation,
                     mesh: Mesh | None = None,
                     in_run: in_run_lib.InRunTracIn | None = None,
-                    schedule: optax.Schedule | None = None):
+                    schedule: optax.Schedule | None = None, ensemble: bool = False):
   """`(state, frozen, batch) -> (state, metrics)`; frozen weights are an argument, never a
   closure constant, so they are not baked into the compiled program.
+
+  With `ensemble`, the state holds N member prompts [N, P, D] (and N optimizer states) and
+  every batch column is [rows, N, ...] (ensemble.member_batches): each member takes its own
+  step on its own rows, independently of the others (train/ensemble.py).
 
   With a mesh, the batch comes split over `data` (mesh.shard_batch) and GSPMD sums the
   gradient over it; the new state is pinned replicated, as every process reads it.
@@ -71,6 +77,8 @@ def make_train_step(spec: ClassifierSpec, optimizer: optax.GradientTransformatio
   out_shardings = None if mesh is None else mesh_lib.replicated(mesh)
   if in_run is not None:
     return _make_in_run_step(optimizer, in_run, schedule, out_shardings)
+  if ensemble:
+    return _make_ensemble_step(spec, optimizer, out_shardings)
   loss_fn = mean_loss(spec)
 
   @functools.partial(jax.jit, out_shardings=out_shardings)
@@ -81,6 +89,30 @@ def make_train_step(spec: ClassifierSpec, optimizer: optax.GradientTransformatio
     return TrainState(step=state.step + 1, prompt=prompt, opt_state=opt_state), {"loss": loss}
 
   return train_step
+
+
+def _make_ensemble_step(spec: ClassifierSpec, optimizer: optax.GradientTransformation,
+                        out_shardings):
+  loss_fn = mean_loss(spec)
+
+  def member_step(prompt, opt_state, frozen, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(prompt, frozen, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, prompt)
+    return optax.apply_updates(prompt, updates), opt_state, loss
+
+  @functools.partial(jax.jit, out_shardings=out_shardings)
+  def ensemble_step(state: TrainState, frozen: Params, batch):
+    # Member k: prompt k, optimizer state k, column k of every batch field. A loop, not
+    # jax.vmap: on the 2-core CPU the vmapped step took 1.21 s where three plain ones took
+    # 0.96 s (MiniLM-L6, batch 32; docs/BENCHMARKS.md).
+    members = [member_step(state.prompt[k], jax.tree.map(lambda x: x[k], state.opt_state),
+                           frozen, jax.tree.map(lambda x: x[:, k], batch))
+               for k in range(state.prompt.shape[0])]
+    prompt, opt_state, losses = jax.tree.map(lambda *xs: jnp.stack(xs), *members)
+    return (TrainState(step=state.step + 1, prompt=prompt, opt_state=opt_state),
+            {"loss": jnp.mean(losses)})
+
+  return ensemble_step
 
 
 def _make_in_run_step(optimizer, in_run: in_run_lib.InRunTracIn, schedule: optax.Schedule,
@@ -101,11 +133,15 @@ def _make_in_run_step(optimizer, in_run: in_run_lib.InRunTracIn, schedule: optax
 
 
 def make_logits_fn(spec: ClassifierSpec, mesh: Mesh | None = None):
-  """Jitted `(prompt, frozen, tokens, mask) -> logits`, replicated on the mesh's devices."""
+  """Jitted `(prompt, frozen, tokens, mask) -> logits`, replicated on the mesh's devices.
+  An ensemble's prompts [N, P, D] give the log of the members' mean class probabilities."""
   out_shardings = None if mesh is None else mesh_lib.replicated(mesh)
 
   @functools.partial(jax.jit, out_shardings=out_shardings)
   def logits_fn(prompt, frozen, tokens, mask):
+    if ensemble_lib.is_ensemble(prompt):  # a trace-time branch: one program per shape
+      members = jnp.stack([spec.logits(p, frozen, tokens, mask) for p in prompt])
+      return ensemble_lib.mean_probability_logits(members)
     return spec.logits(prompt, frozen, tokens, mask)
   return logits_fn
 
@@ -158,7 +194,8 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
                  batch_size: int = 32, eval_batch_size: int = 64, seed: int = 0,
                  prompt_initializer: Callable | None = None, progress: bool = True,
                  tensorboard: bool = True, mesh: Mesh | None = None,
-                 in_run: in_run_lib.InRunTracIn | None = None) -> TrainResult:
+                 in_run: in_run_lib.InRunTracIn | None = None,
+                 ensemble_size: int = 1) -> TrainResult:
   """Trains the prompt; one checkpoint per epoch; resumes from the last finished epoch.
 
   Args:
@@ -174,7 +211,18 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
       unless it already is.
     in_run: accumulate in-run TracIn and training dynamics (train/in_run.py); they are
       saved beside each epoch checkpoint and restored on resume.
+    ensemble_size: train this many prompts side by side (train/ensemble.py); the result's
+      prompt is then [N, P, D] and every metric is the ensemble's. 1: one prompt [P, D].
   """
+  ensemble = ensemble_lib.check_size(ensemble_size) > 1
+  if ensemble and in_run is not None:
+    raise UserError(f"train_prompt.ensemble_size={ensemble_size} cannot be combined with "
+                    "tracin.source = 'in_run' (its accumulators follow one prompt); use "
+                    "tracin.source = 'checkpoints' or ensemble_size = 1")
+  if initial_prompt is not None and (np.shape(initial_prompt)[:-2] !=
+                                     ((ensemble_size,) if ensemble else ())):
+    raise UserError(f"train_prompt.ensemble_size={ensemble_size}: the warm-start prompt has "
+                    f"shape {np.shape(initial_prompt)} (a run keeps one ensemble size throughout)")
   if in_run is not None:  # checks its settings against this training before any file exists
     in_run.setup(len(splits["train"]["label"]), num_epochs)
   files.makedirs(round_dir)
@@ -187,10 +235,12 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
   mesh = mesh if mesh is not None else mesh_lib.single_device_mesh()
   frozen = mesh_lib.on_mesh(frozen, mesh)
   if initial_prompt is None:
-    initial_prompt = _initial_prompt(spec, frozen, seed, prompt_initializer, mesh)
+    initial_prompt = _initial_prompt(spec, frozen, seed, prompt_initializer, mesh, ensemble_size)
   prompt = mesh_lib.host_value(initial_prompt).astype(np.float32)
+  # An ensemble's optimizer state is one per member, so no optimizer mixes members.
+  init_opt = jax.vmap(optimizer.init) if ensemble else optimizer.init
   state = mesh_lib.replicate(TrainState(step=np.zeros((), np.int32), prompt=prompt,
-                                        opt_state=optimizer.init(prompt)), mesh)
+                                        opt_state=init_opt(prompt)), mesh)
 
   mngr = checkpoints.manager(round_dir)
   history: list[dict] = []
@@ -206,7 +256,7 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
     history = [h["metrics"] for h in history]
     start_epoch = last + 1
 
-  train_step = make_train_step(spec, optimizer, mesh, in_run, schedule)
+  train_step = make_train_step(spec, optimizer, mesh, in_run, schedule, ensemble)
   train_keys = ("tokens", "mask", "label")
   if in_run is not None:
     accumulators = (in_run.restore(round_dir, start_epoch - 1) if start_epoch > 1
@@ -227,8 +277,10 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
       query_features = (in_run.query_pass(state.prompt, frozen, mesh)[0]
                         if in_run.counts_queries(epoch)
                         else in_run.idle_features(state.prompt.size, mesh))
-    bar = tqdm(batches_lib.iterate_batches(train, batch_size, order, keys=train_keys),
-               total=steps_per_epoch,
+    epoch_batches = (
+        ensemble_lib.member_batches(train, batch_size, seed, epoch, ensemble_size, train_keys)
+        if ensemble else batches_lib.iterate_batches(train, batch_size, order, keys=train_keys))
+    bar = tqdm(epoch_batches, total=steps_per_epoch,
                desc=f"{files.basename(round_dir)} epoch {epoch}/{num_epochs}", disable=not progress,
                leave=False, dynamic_ncols=True)
     for step_in_epoch, batch in enumerate(bar):
@@ -241,7 +293,7 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
         state, step_metrics, accumulators = train_step(state, frozen, on_mesh, accumulators,
                                                        query_features, np.int32(epoch - 1))
       losses.append(step_metrics["loss"])
-      seen += int(batch["valid"].sum())
+      seen += int(batch["valid"].sum())  # an ensemble counts a row once per member
       if len(losses) % 5 == 0:
         bar.set_postfix(loss=f"{float(mesh_lib.host_value(losses[-1])):.4f}",
                         ex_per_s=f"{seen / (time.time() - epoch_start):.1f}")
@@ -296,11 +348,15 @@ def train_prompt(spec: ClassifierSpec, frozen: Params, splits: dict[str, Arrays]
 
 
 def _initial_prompt(spec: ClassifierSpec, frozen: Params, seed: int,
-                    initializer: Callable | None, mesh: Mesh) -> jax.Array:
-  """The first prompt, computed on the mesh (the frozen embedding table may be split over
-  several hosts' devices, which no eager op on one host could read)."""
+                    initializer: Callable | None, mesh: Mesh, ensemble_size: int = 1) -> jax.Array:
+  """The first prompt (an ensemble's: [N, P, D], member 0 the single run's), computed on
+  the mesh (the frozen embedding table may be split over several hosts' devices, which no
+  eager op on one host could read)."""
   def init(frozen):
-    return spec.initial_prompt(jax.random.PRNGKey(seed), frozen, initializer)
+    if ensemble_size == 1:
+      return spec.initial_prompt(jax.random.PRNGKey(seed), frozen, initializer)
+    return jnp.stack([spec.initial_prompt(key, frozen, initializer)
+                      for key in ensemble_lib.member_keys(seed, ensemble_size)])
   return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(frozen)
 
 
