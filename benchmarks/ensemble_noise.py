@@ -10,8 +10,8 @@ of relabels at precision 1). Each is trained under training seeds 0..K-1 as one 
 benchmark's setting: gate slice held out, the rest of validation trained on). Then for
 ensembles of 1..4 of those prompts (every subset of the K seeds, mean class probabilities)
 it reports the mean and std of test and gate-slice AUC for A and B, and of the paired effect
-B - A (both on the same seeds). Trained prompts are kept in --output_dir: a rerun only
-predicts. Prints one JSON line.
+B - A (both on the same seeds), and every single prompt's test AUC. Trained prompts are kept
+in --output_dir: a rerun only predicts. Prints one JSON line.
 """
 from __future__ import annotations
 
@@ -32,7 +32,10 @@ def main() -> None:
   p.add_argument("--train_seeds", type=int, default=8)
   p.add_argument("--fix", type=int, default=40, help="corrupted labels put right in B")
   p.add_argument("--output_dir", required=True)
+  p.add_argument("--leave_out", default="", help="comma-separated training seeds trained but "
+                 "left out of the ensembles (e.g. one whose prompt collapsed)")
   args = p.parse_args()
+  left_out = {int(s) for s in args.leave_out.split(",") if s}
 
   from gbair_jax.main import import_tensorflow_quietly  # pylint: disable=g-import-not-at-top
   import_tensorflow_quietly()
@@ -78,9 +81,13 @@ def main() -> None:
     return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values, ddof=1)), 4)}
 
   out = {"benchmark": "ensemble_noise", "gin_file": args.gin_file, "corruption_seed": args.seed,
-         "train_seeds": args.train_seeds, "fixed": args.fix, "ensembles": {}}
+         "train_seeds": args.train_seeds, "left_out": sorted(left_out), "fixed": args.fix,
+         "single_test_auc": {name: [round(auc(probs[name, s]["test"], splits["test"]["label"]), 4)
+                                    for s in range(args.train_seeds)] for name in ("A", "B")},
+         "ensembles": {}}
+  kept = [s for s in range(args.train_seeds) if s not in left_out]
   for size in (1, 2, 3, 4):
-    subsets = list(itertools.combinations(range(args.train_seeds), size))
+    subsets = list(itertools.combinations(kept, size))
     row = {"subsets": len(subsets)}
     for split, labels in (("test", splits["test"]["label"]), ("gate", gate["label"])):
       a, b = ([auc(np.mean([probs[name, s][split] for s in subset], 0), labels)

@@ -4,34 +4,13 @@ import jax
 import numpy as np
 import pytest
 
-from gbair_jax.data.features import tokenize_columns
 from gbair_jax.errors import UserError
-from gbair_jax.models.bert import tiny_bert
-from gbair_jax.models.classifier import build_classifier
 from gbair_jax.runtime import mesh as mesh_lib
 from gbair_jax.train import checkpoints, ensemble
-from gbair_jax.train.trainer import predict_logits, train_prompt
+from gbair_jax.train.trainer import predict_logits
 from tests.helpers import synthetic_split
-
-LABELS = ("negative", "positive")
-
-
-@pytest.fixture(scope="module")
-def setup():
-  backbone = tiny_bert()
-  spec = build_classifier(backbone, LABELS, prompt_length=4)
-  frozen = backbone.load_params()
-  tok = lambda s: tokenize_columns(s, backbone.inputs_feature, 12)
-  splits = {"train": tok(synthetic_split(40, 0)), "validation": tok(synthetic_split(24, 1, 1000)),
-            "test": tok(synthetic_split(24, 2, 2000))}
-  return spec, frozen, splits
-
-
-def _train(setup, round_dir, **kw):
-  spec, frozen, splits = setup
-  kw.setdefault("num_epochs", 2)
-  return train_prompt(spec, frozen, splits, str(round_dir), batch_size=16, progress=False,
-                      tensorboard=False, **kw)
+# The trainer tests' tiny classifier and splits, and their train_prompt call.
+from tests.test_train import LABELS, _train, setup  # noqa: F401  pylint: disable=unused-import
 
 
 def test_members_are_independent_runs_and_member_0_is_the_single_run(setup, tmp_path):
