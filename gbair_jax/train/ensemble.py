@@ -6,8 +6,8 @@ correct relabels moves it, so a gate or a paired comparison between one retraini
 another reads mostly that noise. With gin `train_prompt.ensemble_size = N` every training
 (rounds, references, a strategy's own folds) trains N prompts instead: member k starts from
 its own initial prompt and sees its own data order, and the model's prediction is the mean
-of the members' class probabilities. Member 0 is exactly the single-prompt run of the same
-seed (same initial prompt, same batches), so N = 1 changes nothing.
+of the members' class probabilities. Member 0 is the single-prompt run of the same seed
+(same initial prompt, same batches; equal up to float rounding), and N = 1 is that run.
 
 The members are one [N, P, D] array trained by one jitted step (a step per member, the
 frozen backbone shared), so a checkpoint is still one array per epoch. What reads
