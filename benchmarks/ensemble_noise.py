@@ -23,7 +23,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--gin_file", action="append", required=True)
@@ -44,9 +43,8 @@ def main() -> None:
   from gbair_jax import config  # pylint: disable=g-import-not-at-top
   from gbair_jax.recovery import gate as gate_lib  # pylint: disable=g-import-not-at-top
   from gbair_jax.recovery.context import with_extra_rows  # pylint: disable=g-import-not-at-top
-  from gbair_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
   from gbair_jax.train.experiment import build_experiment  # pylint: disable=g-import-not-at-top
-  from gbair_jax.train.metrics import classification_metrics  # pylint: disable=g-import-not-at-top
+  from gbair_jax.train.metrics import classification_metrics, softmax  # pylint: disable=g-import-not-at-top
   from gbair_jax.train.trainer import predict_logits, train_prompt  # pylint: disable=g-import-not-at-top
 
   config.parse_gin(args.gin_file, args.gin_bindings + [f"CORRUPTION_SEED = {args.seed}"])
@@ -68,11 +66,9 @@ def main() -> None:
       result = train_prompt(exp.spec, exp.frozen,
                             {"train": with_extra_rows({**train, "label": labels}, validation),
                              "validation": gate}, round_dir, progress=False)
-      assert checkpoints.list_checkpoints(round_dir), round_dir
       probs[name, seed] = {
-          split: np.exp(predict_logits(exp.spec, result.prompt, exp.frozen, arrays))
+          split: softmax(predict_logits(exp.spec, result.prompt, exp.frozen, arrays))
           for split, arrays in (("test", splits["test"]), ("gate", gate))}
-      probs[name, seed] = {k: v / v.sum(-1, keepdims=True) for k, v in probs[name, seed].items()}
 
   def auc(prob, labels):
     return classification_metrics(np.log(prob), labels)["auc"]
@@ -97,7 +93,6 @@ def main() -> None:
                     "share_B_above_A": round(float(np.mean(b > a)), 3)}
     out["ensembles"][str(size)] = row
   print(json.dumps(out))
-
 
 if __name__ == "__main__":
   main()

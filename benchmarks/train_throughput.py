@@ -42,7 +42,8 @@ def main() -> None:
   rate = common.examples_per_second(one_step, args.batch_size * members, args.steps,
                                     args.repeats)
   print(json.dumps({"benchmark": "train_throughput", "train_examples_per_s": round(rate, 2),
-                    "batch_size": args.batch_size, "ensemble_size": members, "prompt_length": args.prompt_length,
+                    "batch_size": args.batch_size, "ensemble_size": members,
+                    "prompt_length": args.prompt_length,
                     "text_tokens": args.text_tokens, "backbone": spec.backbone.name,
                     **common.machine()}))
 
