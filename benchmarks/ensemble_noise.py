@@ -61,8 +61,9 @@ def main() -> None:
   for name, labels in label_sets.items():
     for seed in range(args.train_seeds):
       round_dir = os.path.join(args.output_dir, f"{name}_{seed}")
-      with gin.unlock_config():
+      with gin.unlock_config():  # one prompt per training: the ensembles are formed below
         gin.bind_parameter("train_prompt.seed", seed)
+        gin.bind_parameter("train_prompt.ensemble_size", 1)
       result = train_prompt(exp.spec, exp.frozen,
                             {"train": with_extra_rows({**train, "label": labels}, validation),
                              "validation": gate}, round_dir, progress=False)

@@ -30,6 +30,7 @@ def test_paper_configs_state_the_papers_choices(name):
   assert gin.query_parameter("run.strategy") == "tracin_opponents"
   assert gin.query_parameter("run.gate") is False
   assert gin.query_parameter("run.train_on_validation") is False  # training split only
+  assert gin.query_parameter("train_prompt.ensemble_size") == 1    # one prompt
 
 
 def test_quickstart_runs_the_default_policy():
@@ -37,6 +38,20 @@ def test_quickstart_runs_the_default_policy():
   assert gin.query_parameter("run.strategy") == "class_vote_embedding"
   assert gin.query_parameter("run.gate") is True
   assert gin.query_parameter("run.train_on_validation") is True
+  # ... with one prompt, to fit its 10-minute CPU budget (base.gin's default trains three).
+  assert gin.query_parameter("train_prompt.ensemble_size") == 1
+
+
+@pytest.mark.parametrize("suite", ["insults_uniform", "insults_class_conditional",
+                                   "insults_instance_dependent", "rotten_tomatoes_uniform",
+                                   "tweet_sentiment_uniform"])
+def test_benchmark_suites_train_the_default_ensembles(suite):
+  """The suites measure `gbair run`'s default policy, seed ensembles included; --quick
+  (a smoke test) trains one prompt."""
+  config_lib.parse_gin([f"gin/benchmarks/{suite}.gin"])
+  assert gin.query_parameter("train_prompt.ensemble_size") == 3
+  config_lib.parse_gin([f"gin/benchmarks/{suite}.gin", "gin/benchmarks/quick.gin"])
+  assert gin.query_parameter("train_prompt.ensemble_size") == 1
 
 
 def test_quickstart_and_paper_share_the_base():
