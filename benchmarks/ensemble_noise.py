@@ -23,6 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--gin_file", action="append", required=True)
@@ -94,6 +95,7 @@ def main() -> None:
                     "share_B_above_A": round(float(np.mean(b > a)), 3)}
     out["ensembles"][str(size)] = row
   print(json.dumps(out))
+
 
 if __name__ == "__main__":
   main()
