@@ -50,6 +50,10 @@ def test_benchmark_suites_train_the_default_ensembles(suite):
   (a smoke test) trains one prompt."""
   config_lib.parse_gin([f"gin/benchmarks/{suite}.gin"])
   assert gin.query_parameter("train_prompt.ensemble_size") == 3
+  # The default against the two baselines the bars name, and nothing more: each extra
+  # strategy costs about as much again and the suite must fit 2 hours on 2 cores.
+  assert list(gin.query_parameter("benchmark.strategies")) == [
+      gin.query_parameter("run.strategy"), "loss", "confident_learning"]
   config_lib.parse_gin([f"gin/benchmarks/{suite}.gin", "gin/benchmarks/quick.gin"])
   assert gin.query_parameter("train_prompt.ensemble_size") == 1
 
