@@ -63,6 +63,23 @@ def test_mean_std_skips_missing_values():
   assert benchmark._mean_std([None])["mean"] is None
 
 
+def _round(auc, accepted=None):
+  return {"test": {"auc": auc}, "gate": None if accepted is None else {"accepted": accepted}}
+
+
+def test_gate_agreement_by_hand():
+  # Round 1 kept and test rose (agrees); round 2 kept but test fell below round 1, the kept
+  # model, although still above round 0 (disagrees); round 3 rolled back and test fell
+  # below round 2, now the kept model (agrees): 2 of 3.
+  rounds = [_round(0.70), _round(0.75, True), _round(0.72, True), _round(0.71, False)]
+  assert benchmark.gate_agreement(rounds) == pytest.approx(2 / 3)
+  # A rolled-back round is not the reference for the next: round 2 (kept, 0.75) is compared
+  # with round 0 (agrees), not with the rolled-back 0.80 (which would make it 0 of 2).
+  rounds = [_round(0.70), _round(0.80, False), _round(0.75, True)]
+  assert benchmark.gate_agreement(rounds) == pytest.approx(0.5)
+  assert benchmark.gate_agreement([_round(0.70), _round(0.71)]) is None  # no gate
+
+
 @pytest.fixture(scope="module")
 def tiny_suite(tmp_path_factory):
   root = tmp_path_factory.mktemp("bench")
@@ -94,6 +111,7 @@ def test_tiny_suite_end_to_end(tiny_suite, tmp_path):
                 "validation_never_fell"):
       stat = on_disk["strategies"][name][key]
       assert set(stat) == {"mean", "std", "values"} and len(stat["values"]) == 2
+    assert on_disk["strategies"][name]["gate_agreement"]["values"] == [None, None]  # no gate
     auc = on_disk["strategies"][name]["final_test_auc"]
     assert auc["mean"] == pytest.approx(np.mean(auc["values"]))
     assert auc["std"] == pytest.approx(np.std(auc["values"], ddof=1))
@@ -167,6 +185,10 @@ benchmark.seeds = (3,)
     stats = summary["strategies"][name]
     assert 0.0 <= stats["final_test_auc"]["mean"] <= 1.0
     assert stats["detection_auroc"]["mean"] is not None
+    # Gated rounds: the gate's decisions are scored against test AUC (ungated: None).
+    report = json.load(open(os.path.join(out, "seed_3", name, "report.json")))
+    assert stats["gate_agreement"]["values"] == [benchmark.gate_agreement(report["rounds"])]
+    assert stats["gate_agreement"]["values"][0] in (0.0, 1.0)  # one round: one decision
     # No threshold for three classes: F1@t falls back to the argmax F1.
     assert stats["final_test_f1_at_threshold"]["values"] == stats["final_test_f1"]["values"]
   markdown = open(os.path.join(out, "benchmark.md")).read()

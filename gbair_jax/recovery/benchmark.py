@@ -56,6 +56,10 @@ METRICS = (
      "share of runs whose validation AUC never fell from one round to the next"),
     ("final_not_below_round0", "final >= round 0",
      "share of runs whose final test AUC is not below round 0's"),
+    ("gate_agreement", "gate agrees with test",
+     "share of the gate's decisions (keep a round, or roll it back) that test AUC agrees "
+     "with: it rose from the last kept model where the gate kept the round, fell where the "
+     "gate rolled it back ('-' without a gate)"),
 )
 PAIRED_METRIC = "final_test_auc"
 BASELINES = ("loss", "confident_learning")
@@ -108,6 +112,26 @@ def _finite_or_none(value):
   return None if value is None or not np.isfinite(value) else float(value)
 
 
+def gate_agreement(rounds: list[dict]) -> float | None:
+  """Share of a gated run's decisions whose direction the held-out test AUC agrees with.
+
+  The gate sees only its slice of validation; test AUC is what the decision was meant to
+  protect. Round r (r >= 1) is compared with the model the gate had kept before it (round 0
+  at first): a kept round agrees if its test AUC did not fall, a rolled-back one if it fell.
+  A gate slice too small to tell a round's relabels from retraining noise shows here as
+  agreement near one half. None without a gate.
+  """
+  kept_auc, decisions = rounds[0]["test"].get("auc"), []
+  for r in rounds[1:]:
+    gate, auc = r.get("gate"), r["test"].get("auc")
+    if gate is None or auc is None or kept_auc is None:
+      continue
+    decisions.append(bool(gate["accepted"]) == (auc >= kept_auc))
+    if gate["accepted"]:
+      kept_auc = auc
+  return float(np.mean(decisions)) if decisions else None
+
+
 def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
   """The per-run numbers the benchmark aggregates, from one strategy's report."""
   rounds = report["rounds"]
@@ -134,6 +158,7 @@ def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
       "corrupted_remaining": rounds[-1].get("corrupted_remaining"),
       "validation_never_fell": bool(all(b >= a for a, b in zip(validation_auc, validation_auc[1:]))),
       "final_not_below_round0": bool(test.get("auc", 0.0) >= start["test"].get("auc", 0.0)),
+      "gate_agreement": gate_agreement(rounds),
       "detection_auroc": None, "detection_auprc": None,
       "train_on_validation": bool(report.get("train_on_validation")),
   }

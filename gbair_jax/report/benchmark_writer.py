@@ -6,7 +6,7 @@ from gbair_jax.runtime import files
 
 # Metrics that are counts (shown without decimals) or shares of runs (no std).
 _COUNTS = ("wrong_labels_remaining",)
-_SHARES = ("validation_never_fell", "final_not_below_round0")
+_SHARES = ("validation_never_fell", "final_not_below_round0", "gate_agreement")
 
 
 def _cell(stat: dict | None, key: str) -> str:
