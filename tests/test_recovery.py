@@ -443,3 +443,61 @@ def test_compare_runs_validation_controls_from_their_own_round_zero(experiment, 
   assert compare.parse_strategy("loss") == ("loss", True)
   with pytest.raises(UserError, match="'nope' is unknown"):
     compare.compare(str(tmp_path / "bad"), ["nope+validation"], experiment=experiment)
+
+
+def test_warm_start_references_train_as_long_as_the_run_and_are_shared(experiment, tmp_path):
+  """With warm_start the final model trained num_rounds + 1 times in a row: the clean
+  reference trains as long the same way, and unchanged_labels continues round 0 on the
+  labels as given. Both are trained once by compare's first run and shown by every report."""
+  from gbair_jax.recovery import benchmark, compare
+  from gbair_jax.train.trainer import train_prompt
+  out = str(tmp_path / "cmp")
+  for name, value in (("num_rounds", 1), ("progress", False), ("retrain", "warm_start"),
+                      ("references", ("clean", "no_recovery", "unchanged_labels"))):
+    gin.bind_parameter(f"run.{name}", value)
+  results = compare.compare(out, ["loss", "random"], experiment=experiment, progress=False)
+  first, second = results["loss"]["references"], results["random"]["references"]
+  assert first["unchanged_labels"] == second["unchanged_labels"]
+  assert first["clean"] == second["clean"]
+  assert os.path.isdir(os.path.join(out, "loss", "references", "unchanged_labels", "stage_1"))
+  assert not os.path.exists(os.path.join(out, "random", "references"))
+
+  # By hand: the same trainings, warm-started the way the rounds are.
+  splits = experiment.tokenized_splits()
+  train = lambda labels_from, directory, prompt: train_prompt(
+      experiment.spec, experiment.frozen, {**splits, "train": labels_from}, str(tmp_path / directory),
+      initial_prompt=prompt, progress=False, mesh=experiment.mesh)
+  continued = train(splits["train"], "u1", loop._last_prompt(os.path.join(out, "loss", "round_0")))
+  clean_train = {**splits["train"], "label": splits["train"]["original_label"].copy()}
+  clean0 = train(clean_train, "c0", None)
+  clean1 = train(clean_train, "c1", clean0.prompt)
+  stage = lambda *parts: loop._last_prompt(os.path.join(out, "loss", "references", *parts))
+  np.testing.assert_allclose(stage("unchanged_labels", "stage_1"), continued.prompt, atol=1e-6)
+  np.testing.assert_allclose(stage("clean_warm_start", "stage_1"), clean1.prompt, atol=1e-6)
+  assert not np.allclose(clean0.prompt, clean1.prompt)  # a second stage that changed nothing
+  assert first["unchanged_labels"]["test"] == pytest.approx(continued.metrics["test"])
+  assert first["clean"]["test"] == pytest.approx(clean1.metrics["test"])
+
+  # The benchmark compares each final model with it.
+  for name, report in results.items():
+    metrics = benchmark.run_metrics(report, os.path.join(out, name), experiment.data.splits["train"])
+    final_auc = metrics["final_test_auc"]
+    assert metrics["unchanged_labels_test_auc"] == first["unchanged_labels"]["test"]["auc"]
+    assert metrics["final_not_below_unchanged"] == (final_auc >= metrics["unchanged_labels_test_auc"])
+
+  # A rerun trains nothing again.
+  monkey = pytest.MonkeyPatch()
+  monkey.setattr(loop, "train_prompt", lambda *a, **k: pytest.fail("retrained a finished stage"))
+  try:
+    again = compare.compare(out, ["loss", "random"], experiment=experiment, progress=False)
+  finally:
+    monkey.undo()
+  assert again["loss"]["references"] == first
+
+
+def test_unchanged_labels_reference_needs_warm_start(experiment, tmp_path):
+  out = str(tmp_path / "fresh")
+  with pytest.raises(UserError, match="'unchanged_labels' needs run.retrain='warm_start'"):
+    loop.run(out, num_rounds=1, strategy="loss", references=("unchanged_labels",),
+             experiment=experiment, progress=False)
+  assert not os.path.exists(out)

@@ -56,6 +56,9 @@ METRICS = (
      "share of runs whose validation AUC never fell from one round to the next"),
     ("final_not_below_round0", "final >= round 0",
      "share of runs whose final test AUC is not below round 0's"),
+    ("final_not_below_unchanged", "final >= unchanged labels",
+     "share of runs whose final test AUC is not below round 0's model trained on as long "
+     "without a change (the unchanged_labels reference, warm_start runs; '-' without it)"),
     ("gate_agreement", "gate agrees with test",
      "share of the gate's decisions (keep a round, or roll it back) that test AUC agrees "
      "with: it rose from the last kept model where the gate kept the round, fell where the "
@@ -132,6 +135,10 @@ def gate_agreement(rounds: list[dict]) -> float | None:
   return float(np.mean(decisions)) if decisions else None
 
 
+def _reference_auc(report: dict, name: str) -> float | None:
+  return report.get("references", {}).get(name, {}).get("test", {}).get("auc")
+
+
 def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
   """The per-run numbers the benchmark aggregates, from one strategy's report."""
   rounds = report["rounds"]
@@ -148,7 +155,8 @@ def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
       "final_test_f1_at_threshold": test.get("f1_at_threshold", test.get("f1")),
       "final_test_accuracy_at_threshold": test.get("accuracy_at_threshold", test.get("accuracy")),
       "round0_test_auc": start["test"].get("auc"),
-      "clean_test_auc": report.get("references", {}).get("clean", {}).get("test", {}).get("auc"),
+      "clean_test_auc": _reference_auc(report, "clean"),
+      "unchanged_labels_test_auc": _reference_auc(report, "unchanged_labels"),
       "recovered_share": writer.recovered_share(report),
       "changed": changed,
       "precision": hits / changed if changed else None,
@@ -158,6 +166,9 @@ def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
       "corrupted_remaining": rounds[-1].get("corrupted_remaining"),
       "validation_never_fell": bool(all(b >= a for a, b in zip(validation_auc, validation_auc[1:]))),
       "final_not_below_round0": bool(test.get("auc", 0.0) >= start["test"].get("auc", 0.0)),
+      "final_not_below_unchanged": (None if _reference_auc(report, "unchanged_labels") is None
+                                    else bool(test.get("auc", 0.0)
+                                              >= _reference_auc(report, "unchanged_labels"))),
       "gate_agreement": gate_agreement(rounds),
       "detection_auroc": None, "detection_auprc": None,
       "train_on_validation": bool(report.get("train_on_validation")),
@@ -188,7 +199,7 @@ def aggregate(runs: dict, strategies: list[str], seeds: list[int], num_resamples
   out["train_on_validation"] = {name: bool(runs[seeds[0]][name].get("train_on_validation"))
                                 for name in strategies}
   first = strategies[0]
-  for ref in ("round0_test_auc", "clean_test_auc"):
+  for ref in ("round0_test_auc", "clean_test_auc", "unchanged_labels_test_auc"):
     out["references"][ref] = _mean_std([runs[s][first].get(ref) for s in seeds])
   out["references"]["train_on_validation"] = out["train_on_validation"][first]
   # The baselines, and their same-clean-data controls when the suite runs them.

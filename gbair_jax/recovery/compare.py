@@ -1,7 +1,9 @@
 """`gbair compare`: several strategies on one gin config and seed, one table and one plot.
 
 Each strategy runs in `<output_dir>/<strategy>/`. Round 0 does not depend on the strategy,
-so its checkpoints are trained once and copied; the clean reference is trained once too.
+so its checkpoints are trained once and copied; the references that train (clean, and
+unchanged_labels with warm_start) are trained once too, by the first run, and shown in
+every report.
 
 A name with the suffix `+validation` (e.g. `loss+validation`) runs that strategy with
 `run.train_on_validation=True`: every training run also sees the validation examples the
@@ -27,6 +29,7 @@ from gbair_jax.train.experiment import (Experiment, build_experiment, check_outp
 
 
 WITH_VALIDATION = "+validation"
+SHARED_REFERENCES = ("clean", "unchanged_labels")  # trained by the first run, copied to all
 
 
 def parse_strategy(name: str) -> tuple[str, bool]:
@@ -71,7 +74,7 @@ def _compare(output_dir: str, strategies: list[str], experiment,
              progress: bool = True) -> dict[str, dict]:
   results = {}
   first_dirs = {}  # train_on_validation -> the run whose round 0 the others with it copy
-  cleans = {}      # train_on_validation -> that run's clean reference
+  shared = {}      # train_on_validation -> that run's trained references ({} if none)
   for name in strategies:
     run_dir = files.join(output_dir, name)
     strategy, train_on_validation = parse_strategy(name)
@@ -80,24 +83,25 @@ def _compare(output_dir: str, strategies: list[str], experiment,
       if distributed.is_primary():
         _share_round_zero(first_dirs[train_on_validation], run_dir)
       distributed.barrier(f"round 0 shared with {name}")
-    # The clean reference depends only on the data: the first run with the same data
-    # (with or without the validation examples) trains it.
+    # The trained references depend only on the data and round 0: the first run with the
+    # same data (with or without the validation examples) trains them.
     extra = {"train_on_validation": train_on_validation}
     if not first:
       extra["references"] = ("no_recovery",)
     results[name] = loop.run(run_dir, strategy=strategy, experiment=experiment, **extra)
     if first:
       first_dirs[train_on_validation] = run_dir
-      cleans[train_on_validation] = results[name]["references"].get("clean")
+      shared[train_on_validation] = {ref: results[name]["references"][ref] for ref in
+                                     SHARED_REFERENCES if ref in results[name]["references"]}
   rows = []
   for name, report in results.items():
     final, start = writer.final_round(report), report["rounds"][0]
     changed = sum(r["selected"] for r in report["rounds"])
     hits = sum(round(r["selected"] * r["precision"]) for r in report["rounds"]
                if r.get("precision") is not None)
-    clean = cleans[report["train_on_validation"]]
-    if clean:  # trained once per kind of data: every report shows it
-      report = results[name] = {**report, "references": {**report["references"], "clean": clean}}
+    refs = shared[report["train_on_validation"]]
+    if refs:  # trained once per kind of data: every report shows them
+      report = results[name] = {**report, "references": {**report["references"], **refs}}
     share = writer.recovered_share(report)
     f1_at_t = final["test"].get("f1_at_threshold")
     rows.append([name, str(changed), f"{hits / changed:.3f}" if changed else "-",
@@ -108,11 +112,16 @@ def _compare(output_dir: str, strategies: list[str], experiment,
   header = ("strategy", "changed", "precision", "corrupted left", "round-0 auc", "final auc",
             "final acc", "final f1", "final f1@t", "recovered share of lost auc")
   table = writer.markdown_table(header, rows) + "\n\n" + writer.THRESHOLD_NOTE
-  for with_validation, clean in cleans.items():
+  for with_validation, refs in shared.items():
+    clean = refs.get("clean")
     if clean:
       table += (f"\n\nclean reference{' (with the validation examples)' if with_validation else ''}"
                 f": test auc {clean['test']['auc']:.3f}, accuracy "
                 f"{clean['test']['accuracy']:.3f}, f1 {clean['test']['f1']:.3f}")
+    unchanged = refs.get("unchanged_labels")
+    if unchanged:
+      table += (f"\n\nround 0 trained on as long without a change (unchanged_labels): test auc "
+                f"{unchanged['test']['auc']:.3f}")
   if distributed.is_primary():  # several processes: all compute, process 0 writes
     plot = plots.plot_comparison(files.join(output_dir, "comparison.png"), results)
     files.write_text(files.join(output_dir, "comparison.md"),

@@ -64,7 +64,7 @@ from gbair_jax.train.trainer import predict_logits, train_prompt
 
 LEDGER_FILE = ledger_lib.FILE_NAME
 RETRAIN_MODES = ("fresh", "warm_start")
-REFERENCES = ("clean", "no_recovery")
+REFERENCES = ("clean", "no_recovery", "unchanged_labels")
 _ROUND_DIR = re.compile(r"round_(\d+)")
 
 
@@ -109,8 +109,8 @@ def normalize_references(references) -> tuple[str, ...]:
   references = tuple(references)
   for ref in references:
     if ref not in REFERENCES:
-      raise UserError(f"run.references: unknown {ref!r} (expected clean and/or no_recovery, "
-                      "or None for none)")
+      raise UserError(f"run.references: unknown {ref!r} (expected any of clean, no_recovery "
+                      "and unchanged_labels, or None for none)")
   return references
 
 
@@ -131,9 +131,12 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
       confident_learning, ...).
     action: relabel | remove.
     retrain: fresh (new prompt each round) | warm_start (continue from the last prompt).
-    references: which reference results to add to the report: "clean" trains once on the
-      uncorrupted labels; "no_recovery" is round 0 (same config, no label changed).
-      None or () adds none.
+    references: which reference results to add to the report: "clean" trains on the
+      uncorrupted labels (as long as the run's rounds together with warm_start: see
+      `_references`); "no_recovery" is round 0 (same config, no label changed);
+      "unchanged_labels" (warm_start only) continues round 0's model for num_rounds more
+      trainings on the labels as given: what the extra training alone brings. None or ()
+      adds none.
     gate: hold out a slice of validation and keep a round's changes only if the next
       model is not worse on it (recovery/gate.py; gin `GateConfig.*`); the run's result
       is then the last accepted round (report.json `final_round`).
@@ -150,6 +153,9 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
   references = normalize_references(references)
   if retrain not in RETRAIN_MODES:
     raise UserError(f"run.retrain='{retrain}' is unknown (expected fresh or warm_start)")
+  if "unchanged_labels" in references and retrain != "warm_start":
+    raise UserError("run.references: 'unchanged_labels' needs run.retrain='warm_start' (with "
+                    "fresh retraining it would be round 0 again: 'no_recovery')")
   if action not in actions.ACTIONS:
     raise UserError(f"run.action='{action}' is unknown (expected relabel or remove)")
   if num_rounds < 0:
@@ -214,8 +220,7 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
         "train_on_validation": bool(train_on_validation),
         "rounds": rounds,
         "final_round": final_round,  # the round whose model is the result (gate: accepted)
-        "references": _references(exp, splits, output_dir, references, rounds, progress,
-                                  train_on_validation),
+        "references": _references(settings, references, rounds),
         **exp.runtime(),  # mesh shape, device kind, number of processes
     }
     if primary:
@@ -551,27 +556,60 @@ def _training_splits(splits: dict, train: dict, extra_train: dict | None) -> dic
   return {**splits, "train": with_extra_rows(train, extra_train), "validation": splits["gate"]}
 
 
-def _references(exp: Experiment, splits: dict, output_dir: str, references: tuple,
-                rounds: list[dict], progress: bool, train_on_validation: bool = False) -> dict:
+def _references(job: _Settings, references: tuple, rounds: list[dict]) -> dict:
+  """The report's reference results. Each trains on the same data as the rounds (with
+  `run.train_on_validation`, the validation examples too) and resumes like a round.
+
+  With `warm_start`, the run's last model has trained num_rounds + 1 times in a row, each
+  time from the one before; three epochs may not be enough to converge, so part of what the
+  run gains over round 0 is that training alone. Its references train as long, the same way
+  (`_staged_training`): "clean" on the uncorrupted labels, "unchanged_labels" from round 0's
+  model on the labels as given. Fresh retraining trains "clean" once, like every round.
+  """
   out = {}
+  extra = job.extra_train
+  warm = job.retrain == "warm_start"
   if "clean" in references:
-    # The same data as the rounds, labels uncorrected: with train_on_validation, the
-    # validation examples too (its own directory: earlier runs trained without them).
-    name = "clean_with_validation" if train_on_validation else "clean"
-    extra = splits["validation"] if train_on_validation else None
-    clean_dir = files.join(output_dir, "references", name)
-    train = dict(splits["train"])
+    # Its own directory per kind of data and retraining: earlier runs trained otherwise.
+    name = "clean_with_validation" if extra is not None else "clean"
+    train = dict(job.splits["train"])
     train["label"] = train["original_label"].copy()
-    metrics_path = files.join(clean_dir, "metrics.json")
-    if files.exists(metrics_path):
-      metrics = files.read_json(metrics_path)
-    else:
-      metrics = train_prompt(exp.spec, exp.frozen,
-                             _training_splits(splits, train, extra), clean_dir,
-                             progress=progress, mesh=exp.mesh).metrics
+    metrics = _staged_training(
+        job, _training_splits(job.splits, train, extra),
+        files.join(job.output_dir, "references", name + ("_warm_start" if warm else "")),
+        first_stage=0, initial_prompt=None, staged=warm)
     out["clean"] = {"test": metrics.get("test", {}),
                     "validation": metrics["epochs"][-1].get("validation", {})}
   if "no_recovery" in references:
     out["no_recovery"] = {"test": rounds[0]["test"], "validation": rounds[0]["validation"],
                           "note": "round 0 of this run: same config, no label changed"}
+  if "unchanged_labels" in references:
+    metrics = _staged_training(
+        job, _training_splits(job.splits, job.splits["train"], extra),
+        files.join(job.output_dir, "references", "unchanged_labels"),
+        first_stage=1, initial_prompt=_last_prompt(job.round_dir(0)), staged=True)
+    out["unchanged_labels"] = {
+        "test": metrics.get("test", {}),
+        "validation": metrics["epochs"][-1].get("validation", {}),
+        "note": f"round 0's model trained {job.num_rounds} more times on the labels as given"}
   return out
+
+
+def _staged_training(job: _Settings, splits: dict, directory: str, first_stage: int,
+                     initial_prompt, staged: bool) -> dict:
+  """Trains like the run's rounds: once in `directory` (staged=False), or stages
+  first_stage..num_rounds in `directory/stage_<k>`, each warm-started from the one before
+  (the first from `initial_prompt`). A finished stage is reused. Returns the last metrics."""
+  stages = range(first_stage, job.num_rounds + 1) if staged else [None]
+  prompt, metrics = initial_prompt, None
+  for k in stages:
+    stage_dir = directory if k is None else files.join(directory, f"stage_{k}")
+    metrics_path = files.join(stage_dir, "metrics.json")
+    if files.exists(metrics_path):
+      metrics = files.read_json(metrics_path)
+      prompt = _last_prompt(stage_dir) if staged else None
+    else:
+      result = train_prompt(job.exp.spec, job.exp.frozen, splits, stage_dir,
+                            initial_prompt=prompt, progress=job.progress, mesh=job.exp.mesh)
+      prompt, metrics = result.prompt, result.metrics
+  return metrics

@@ -6,7 +6,8 @@ from gbair_jax.runtime import files
 
 # Metrics that are counts (shown without decimals) or shares of runs (no std).
 _COUNTS = ("wrong_labels_remaining",)
-_SHARES = ("validation_never_fell", "final_not_below_round0", "gate_agreement")
+_SHARES = ("validation_never_fell", "final_not_below_round0", "final_not_below_unchanged",
+           "gate_agreement")
 
 
 def _cell(stat: dict | None, key: str) -> str:
@@ -52,6 +53,12 @@ def format_markdown(summary: dict) -> str:
             f", clean labels {_cell(refs['clean_test_auc'], '')}"
             + (" (both trained on the validation examples too)"
                if refs.get("train_on_validation") else "") + "."]
+  unchanged = refs.get("unchanged_labels_test_auc")
+  if unchanged and unchanged.get("mean") is not None:
+    lines.append("Each round warm-starts from the last model (run.retrain = warm_start), so "
+                 "the final model trained longer than round 0; the clean reference trains as "
+                 "long, and round 0 trained on as long without a change (unchanged_labels) "
+                 f"scores {_cell(unchanged, '')}: what the extra training alone brings.")
   if any(with_validation.values()):
     lines.append("Trained on the validation examples the strategies see, with their clean "
                  "labels, in every round (run.train_on_validation; each such group has its own "
@@ -92,8 +99,9 @@ def plot(path: str, summary: dict) -> str:
     left.plot([i] * len(values), values, "o", alpha=0.5, color="C0")
     if stat["mean"] is not None:
       left.errorbar([i + 0.15], [stat["mean"]], yerr=[stat["std"]], fmt="s", color="C1")
-  for key, style, title in (("round0_test_auc", "r:", "round 0"), ("clean_test_auc", "g--", "clean")):
-    mean = summary["references"][key]["mean"]
+  for key, style, title in (("round0_test_auc", "r:", "round 0"), ("clean_test_auc", "g--", "clean"),
+                            ("unchanged_labels_test_auc", "k-.", "unchanged labels")):
+    mean = summary["references"].get(key, {}).get("mean")
     if mean is not None:
       left.axhline(mean, color=style[0], linestyle=style[1:], label=f"{title} (mean)")
   left.set_xticks(range(len(strategies)))
