@@ -114,5 +114,8 @@ def test_gated_rounds_of_ensembles(tmp_path, retrain):
     np.testing.assert_allclose(saved["logits"], expected, rtol=1e-5, atol=1e-5)
     assert report["rounds"][r]["gate"]["value"] == pytest.approx(
         gate_lib.gate_value(expected, {"label": saved["label"]}, gate_lib.GateConfig()))
-  clean = checkpoints.load_prompt(str(out / "references" / "clean_with_validation"), 1)
+  # With warm_start the clean reference trains in as many stages as the run (1 + 1 here).
+  clean_dir = (out / "references" / "clean_with_validation" if retrain == "fresh" else
+               out / "references" / "clean_with_validation_warm_start" / "stage_1")
+  clean = checkpoints.load_prompt(str(clean_dir), 1)
   assert clean.shape[:2] == (2, 4) and "clean" in report["references"]
