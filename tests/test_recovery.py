@@ -501,3 +501,7 @@ def test_unchanged_labels_reference_needs_warm_start(experiment, tmp_path):
     loop.run(out, num_rounds=1, strategy="loss", references=("unchanged_labels",),
              experiment=experiment, progress=False)
   assert not os.path.exists(out)
+  # Without rounds there is no more training: the reference is round 0 itself.
+  report = loop.run(str(tmp_path / "none"), num_rounds=0, strategy="loss", retrain="warm_start",
+                    references=("unchanged_labels",), experiment=experiment, progress=False)
+  assert report["references"]["unchanged_labels"]["test"] == report["rounds"][0]["test"]

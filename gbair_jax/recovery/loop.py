@@ -583,7 +583,10 @@ def _references(job: _Settings, references: tuple, rounds: list[dict]) -> dict:
   if "no_recovery" in references:
     out["no_recovery"] = {"test": rounds[0]["test"], "validation": rounds[0]["validation"],
                           "note": "round 0 of this run: same config, no label changed"}
-  if "unchanged_labels" in references:
+  if "unchanged_labels" in references and job.num_rounds == 0:  # no more training: round 0
+    out["unchanged_labels"] = {"test": rounds[0]["test"], "validation": rounds[0]["validation"],
+                               "note": "round 0 of this run (num_rounds = 0)"}
+  elif "unchanged_labels" in references:
     metrics = _staged_training(
         job, _training_splits(job.splits, job.splits["train"], extra),
         files.join(job.output_dir, "references", "unchanged_labels"),
