@@ -148,6 +148,7 @@ def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
              if r.get("precision") is not None)
   validation_auc = [r["validation"].get("auc") for r in rounds]
   test = final["test"]
+  unchanged_auc = _reference_auc(report, "unchanged_labels")
   out = {
       "final_test_auc": test.get("auc"),
       "final_test_accuracy": test.get("accuracy"),
@@ -156,7 +157,7 @@ def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
       "final_test_accuracy_at_threshold": test.get("accuracy_at_threshold", test.get("accuracy")),
       "round0_test_auc": start["test"].get("auc"),
       "clean_test_auc": _reference_auc(report, "clean"),
-      "unchanged_labels_test_auc": _reference_auc(report, "unchanged_labels"),
+      "unchanged_labels_test_auc": unchanged_auc,
       "recovered_share": writer.recovered_share(report),
       "changed": changed,
       "precision": hits / changed if changed else None,
@@ -166,9 +167,8 @@ def run_metrics(report: dict, run_dir: str, train_source: dict) -> dict:
       "corrupted_remaining": rounds[-1].get("corrupted_remaining"),
       "validation_never_fell": bool(all(b >= a for a, b in zip(validation_auc, validation_auc[1:]))),
       "final_not_below_round0": bool(test.get("auc", 0.0) >= start["test"].get("auc", 0.0)),
-      "final_not_below_unchanged": (None if _reference_auc(report, "unchanged_labels") is None
-                                    else bool(test.get("auc", 0.0)
-                                              >= _reference_auc(report, "unchanged_labels"))),
+      "final_not_below_unchanged": (None if unchanged_auc is None
+                                    else bool(test.get("auc", 0.0) >= unchanged_auc)),
       "gate_agreement": gate_agreement(rounds),
       "detection_auroc": None, "detection_auprc": None,
       "train_on_validation": bool(report.get("train_on_validation")),

@@ -563,54 +563,56 @@ def _references(job: _Settings, references: tuple, rounds: list[dict]) -> dict:
   With `warm_start`, the run's last model has trained num_rounds + 1 times in a row, each
   time from the one before; three epochs may not be enough to converge, so part of what the
   run gains over round 0 is that training alone. Its references train as long, the same way
-  (`_staged_training`): "clean" on the uncorrupted labels, "unchanged_labels" from round 0's
+  (`_train_in_stages`): "clean" on the uncorrupted labels, "unchanged_labels" from round 0's
   model on the labels as given. Fresh retraining trains "clean" once, like every round.
   """
   out = {}
   extra = job.extra_train
-  warm = job.retrain == "warm_start"
+  references_dir = files.join(job.output_dir, "references")
   if "clean" in references:
     # Its own directory per kind of data and retraining: earlier runs trained otherwise.
     name = "clean_with_validation" if extra is not None else "clean"
     train = dict(job.splits["train"])
     train["label"] = train["original_label"].copy()
-    metrics = _staged_training(
-        job, _training_splits(job.splits, train, extra),
-        files.join(job.output_dir, "references", name + ("_warm_start" if warm else "")),
-        first_stage=0, initial_prompt=None, staged=warm)
-    out["clean"] = {"test": metrics.get("test", {}),
-                    "validation": metrics["epochs"][-1].get("validation", {})}
+    if job.retrain == "warm_start":
+      directory = files.join(references_dir, name + "_warm_start")
+      stage_dirs = [files.join(directory, f"stage_{k}") for k in range(job.num_rounds + 1)]
+    else:
+      stage_dirs = [files.join(references_dir, name)]
+    metrics = _train_in_stages(job, _training_splits(job.splits, train, extra), stage_dirs, None)
+    out["clean"] = _reference_result(metrics)
   if "no_recovery" in references:
     out["no_recovery"] = {"test": rounds[0]["test"], "validation": rounds[0]["validation"],
                           "note": "round 0 of this run: same config, no label changed"}
-  if "unchanged_labels" in references and job.num_rounds == 0:  # no more training: round 0
-    out["unchanged_labels"] = {"test": rounds[0]["test"], "validation": rounds[0]["validation"],
-                               "note": "round 0 of this run (num_rounds = 0)"}
-  elif "unchanged_labels" in references:
-    metrics = _staged_training(
-        job, _training_splits(job.splits, job.splits["train"], extra),
-        files.join(job.output_dir, "references", "unchanged_labels"),
-        first_stage=1, initial_prompt=_last_prompt(job.round_dir(0)), staged=True)
-    out["unchanged_labels"] = {
-        "test": metrics.get("test", {}),
-        "validation": metrics["epochs"][-1].get("validation", {}),
-        "note": f"round 0's model trained {job.num_rounds} more times on the labels as given"}
+  if "unchanged_labels" in references:
+    stage_dirs = [files.join(references_dir, "unchanged_labels", f"stage_{k}")
+                  for k in range(1, job.num_rounds + 1)]
+    metrics = _train_in_stages(job, _training_splits(job.splits, job.splits["train"], extra),
+                               stage_dirs, _last_prompt(job.round_dir(0)))
+    out["unchanged_labels"] = (
+        {"test": rounds[0]["test"], "validation": rounds[0]["validation"],
+         "note": "round 0 of this run (num_rounds = 0: no more training)"} if metrics is None
+        else {**_reference_result(metrics), "note": f"round 0's model trained "
+              f"{job.num_rounds} more times on the labels as given"})
   return out
 
 
-def _staged_training(job: _Settings, splits: dict, directory: str, first_stage: int,
-                     initial_prompt, staged: bool) -> dict:
-  """Trains like the run's rounds: once in `directory` (staged=False), or stages
-  first_stage..num_rounds in `directory/stage_<k>`, each warm-started from the one before
-  (the first from `initial_prompt`). A finished stage is reused. Returns the last metrics."""
-  stages = range(first_stage, job.num_rounds + 1) if staged else [None]
+def _reference_result(metrics: dict) -> dict:
+  return {"test": metrics.get("test", {}), "validation": metrics["epochs"][-1].get("validation", {})}
+
+
+def _train_in_stages(job: _Settings, splits: dict, stage_dirs: list[str], initial_prompt
+                     ) -> dict | None:
+  """Trains once per directory, each time warm-started from the stage before (the first
+  from `initial_prompt`; None: a fresh prompt), as a warm_start run's rounds do. A finished
+  stage is reused. Returns the last stage's metrics (None without stages)."""
   prompt, metrics = initial_prompt, None
-  for k in stages:
-    stage_dir = directory if k is None else files.join(directory, f"stage_{k}")
+  for i, stage_dir in enumerate(stage_dirs):
     metrics_path = files.join(stage_dir, "metrics.json")
     if files.exists(metrics_path):
       metrics = files.read_json(metrics_path)
-      prompt = _last_prompt(stage_dir) if staged else None
+      if i + 1 < len(stage_dirs):  # the next stage starts from it
+        prompt = _last_prompt(stage_dir)
     else:
       result = train_prompt(job.exp.spec, job.exp.frozen, splits, stage_dir,
                             initial_prompt=prompt, progress=job.progress, mesh=job.exp.mesh)
