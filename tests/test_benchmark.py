@@ -80,6 +80,33 @@ def test_gate_agreement_by_hand():
   assert benchmark.gate_agreement([_round(0.70), _round(0.71)]) is None  # no gate
 
 
+def _summary(with_clean: bool) -> dict:
+  """benchmark.json's content for two seeds of a warm-started run, from hand-made run metrics."""
+  seeds, strategies = [115, 116], ["class_vote_embedding", "loss"]
+  runs = {s: {name: {"final_test_auc": 0.84 + 0.01 * i + 0.001 * (s - 115), "round0_test_auc": 0.79,
+                     "clean_test_auc": 0.86 if with_clean else None,
+                     "unchanged_labels_test_auc": 0.83, "final_not_below_unchanged": i == 0}
+                  for i, name in enumerate(strategies)} for s in seeds}
+  return {"suite": "s", "task": "t", "label_names": ["a", "b"], "default_strategy": strategies[0],
+          "seeds": seeds, "strategies_run": strategies, "paired_metric": benchmark.PAIRED_METRIC,
+          "metrics": {k: what for k, _, what in benchmark.METRICS},
+          **benchmark.aggregate(runs, strategies, seeds, num_resamples=100)}
+
+
+@pytest.mark.parametrize("with_clean", [True, False])
+def test_markdown_names_only_the_references_trained(with_clean):
+  from gbair_jax.report import benchmark_writer  # pylint: disable=g-import-not-at-top
+  markdown = benchmark_writer.format_markdown(_summary(with_clean))
+  # run.references without "clean": the text must not claim a clean reference was trained.
+  assert ("clean reference" in markdown) == with_clean
+  assert "round 0 trained on as long without a change (unchanged_labels) scores 0.830" in markdown
+  shares = sum(1 for key, _, _ in benchmark.METRICS if key in benchmark_writer._SHARES)
+  assert f"shares of runs for the last {shares} columns" in markdown
+  header = next(line for line in markdown.splitlines() if line.startswith("| strategy | final"))
+  assert header.rstrip(" |").split(" | ")[-shares:] == [
+      title for key, title, _ in benchmark.METRICS if key in benchmark_writer._SHARES]
+
+
 @pytest.fixture(scope="module")
 def tiny_suite(tmp_path_factory):
   root = tmp_path_factory.mktemp("bench")

@@ -36,8 +36,12 @@ def format_markdown(summary: dict) -> str:
   if summary.get("command"):
     lines += ["Command:", "", f"    {summary['command']}", ""]
   seeds = ", ".join(map(str, summary["seeds"]))
+  refs = summary["references"]
+  # run.references may leave the clean reference out: say only what was trained.
+  has_clean = (refs.get("clean_test_auc") or {}).get("mean") is not None
+  shared = "round 0 and the clean reference" if has_clean else "round 0"
   lines.append(f"Corruption seeds: {seeds} ({len(summary['seeds'])} paired runs per strategy; "
-               "round 0 and the clean reference trained once per seed and shared).")
+               f"{shared} trained once per seed and shared).")
   if summary.get("development_seeds"):
     lines.append(f"Seeds below 100 ({', '.join(map(str, summary['development_seeds']))}) are "
                  "development seeds: a smoke test or for tuning, not results to report.")
@@ -47,7 +51,6 @@ def format_markdown(summary: dict) -> str:
               "one-vs-rest ROC AUC, F1 the macro F1 at the argmax (no threshold, so F1@t = F1); "
               "relabels go to the model's most likely other class, and precision counts changed "
               "labels that were corrupted even when the new label is still wrong."]
-  refs = summary["references"]
   with_validation = summary.get("train_on_validation", {})
   lines += ["", f"References (test AUC): round 0 (no recovery) {_cell(refs['round0_test_auc'], '')}"
             f", clean labels {_cell(refs['clean_test_auc'], '')}"
@@ -56,8 +59,9 @@ def format_markdown(summary: dict) -> str:
   unchanged = refs.get("unchanged_labels_test_auc")
   if unchanged and unchanged.get("mean") is not None:
     lines.append("Each round warm-starts from the last model (run.retrain = warm_start), so "
-                 "the final model trained longer than round 0; the clean reference trains as "
-                 "long, and round 0 trained on as long without a change (unchanged_labels) "
+                 "the final model trained longer than round 0; "
+                 + ("the clean reference trains as long, and " if has_clean else "")
+                 + "round 0 trained on as long without a change (unchanged_labels) "
                  f"scores {_cell(unchanged, '')}: what the extra training alone brings.")
   if any(with_validation.values()):
     lines.append("Trained on the validation examples the strategies see, with their clean "
@@ -68,7 +72,8 @@ def format_markdown(summary: dict) -> str:
   header = ["strategy"] + [title for _, title, _ in METRICS]
   rows = [[label(name)] + [_cell(summary["strategies"][name].get(k), k) for k, _, _ in METRICS]
           for name in strategies]
-  lines += ["Mean ± standard deviation over seeds (shares of runs for the last two columns):", "",
+  lines += [f"Mean ± standard deviation over seeds (shares of runs for the last {len(_SHARES)} "
+            "columns):", "",
             writer.markdown_table(header, rows), ""]
   lines += [f"Paired differences in {summary['paired_metric']} (strategy minus baseline, mean "
             "over seeds [95% paired bootstrap interval]):", ""]
