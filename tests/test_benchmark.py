@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -87,10 +88,8 @@ def _summary(with_clean: bool) -> dict:
                      "clean_test_auc": 0.86 if with_clean else None,
                      "unchanged_labels_test_auc": 0.83, "final_not_below_unchanged": i == 0}
                   for i, name in enumerate(strategies)} for s in seeds}
-  return {"suite": "s", "task": "t", "label_names": ["a", "b"], "default_strategy": strategies[0],
-          "seeds": seeds, "strategies_run": strategies, "paired_metric": benchmark.PAIRED_METRIC,
-          "metrics": {k: what for k, _, what in benchmark.METRICS},
-          **benchmark.aggregate(runs, strategies, seeds, num_resamples=100)}
+  data = types.SimpleNamespace(task="t", label_names=("a", "b"))
+  return benchmark.summarize(runs, strategies, seeds, "s", data, num_resamples=100)
 
 
 @pytest.mark.parametrize("with_clean", [True, False])

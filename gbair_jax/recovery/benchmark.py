@@ -216,6 +216,27 @@ def aggregate(runs: dict, strategies: list[str], seeds: list[int], num_resamples
   return out
 
 
+def summarize(runs: dict, strategies: list[str], seeds: list[int], suite: str, data,
+              command: str | None = None, num_resamples: int = 10000,
+              bootstrap_seed: int = 0) -> dict:
+  """benchmark.json's content from runs[seed][strategy] = run_metrics(...); `data` gives the
+  task's name and label names."""
+  return files.finite_json({
+      "suite": suite,
+      "task": data.task,
+      "label_names": list(data.label_names),
+      "command": command,
+      "default_strategy": default_strategy(),
+      "seeds": seeds,
+      "development_seeds": [s for s in seeds if s < 100],
+      "strategies_run": strategies,
+      "paired_metric": PAIRED_METRIC,
+      "metrics": {k: what for k, _, what in METRICS},
+      **aggregate(runs, strategies, seeds, num_resamples, bootstrap_seed),
+      "runs": {str(s): runs[s] for s in seeds},
+  })
+
+
 def _as_number(value):
   if isinstance(value, bool):
     return float(value)
@@ -255,20 +276,8 @@ def benchmark(output_dir: str, strategies: list[str] = gin.REQUIRED,
   experiment = build_experiment()  # the data and settings checked before output_dir is touched
   with claim_output_dir(output_dir, config_text):
     runs = _run_seeds(output_dir, strategies, seeds, vary_train_seed, experiment)
-    summary = files.finite_json({
-        "suite": name or files.basename(output_dir.rstrip("/")),
-        "task": experiment.data.task,
-        "label_names": list(experiment.data.label_names),
-        "command": command,
-        "default_strategy": default_strategy(),
-        "seeds": seeds,
-        "development_seeds": [s for s in seeds if s < 100],
-        "strategies_run": strategies,
-        "paired_metric": PAIRED_METRIC,
-        "metrics": {k: what for k, _, what in METRICS},
-        **aggregate(runs, strategies, seeds, num_resamples, bootstrap_seed),
-        "runs": {str(s): runs[s] for s in seeds},
-    })
+    summary = summarize(runs, strategies, seeds, name or files.basename(output_dir.rstrip("/")),
+                        experiment.data, command, num_resamples, bootstrap_seed)
     if distributed.is_primary():
       from gbair_jax.report import benchmark_writer  # pylint: disable=g-import-not-at-top
       files.write_json(files.join(output_dir, "benchmark.json"), summary)

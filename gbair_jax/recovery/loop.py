@@ -355,8 +355,7 @@ def _train_round(job: _Settings, train: dict, r: int, initial_prompt):
                         in_run=hook)
   summary = {"round": r, "label_names": list(exp.data.label_names),
              "num_train": int(len(train["label"])), "selected": 0, "precision": None,
-             "validation": result.metrics["epochs"][-1].get("validation", {}),
-             "test": result.metrics.get("test", {}),
+             **_final_metrics(result.metrics),
              "seconds": {"train": time.time() - started, "score": 0.0}}
   return result, summary
 
@@ -580,24 +579,25 @@ def _references(job: _Settings, references: tuple, rounds: list[dict]) -> dict:
     else:
       stage_dirs = [files.join(references_dir, name)]
     metrics = _train_in_stages(job, _training_splits(job.splits, train, extra), stage_dirs, None)
-    out["clean"] = _reference_result(metrics)
+    out["clean"] = _final_metrics(metrics)
+  round0 = {"test": rounds[0]["test"], "validation": rounds[0]["validation"]}
   if "no_recovery" in references:
-    out["no_recovery"] = {"test": rounds[0]["test"], "validation": rounds[0]["validation"],
-                          "note": "round 0 of this run: same config, no label changed"}
+    out["no_recovery"] = {**round0, "note": "round 0 of this run: same config, no label changed"}
   if "unchanged_labels" in references:
     stage_dirs = [files.join(references_dir, "unchanged_labels", f"stage_{k}")
                   for k in range(1, job.num_rounds + 1)]
     metrics = _train_in_stages(job, _training_splits(job.splits, job.splits["train"], extra),
                                stage_dirs, _last_prompt(job.round_dir(0)))
     out["unchanged_labels"] = (
-        {"test": rounds[0]["test"], "validation": rounds[0]["validation"],
-         "note": "round 0 of this run (num_rounds = 0: no more training)"} if metrics is None
-        else {**_reference_result(metrics), "note": f"round 0's model trained "
-              f"{job.num_rounds} more times on the labels as given"})
+        {**round0, "note": "round 0 of this run (num_rounds = 0: no more training)"}
+        if metrics is None else
+        {**_final_metrics(metrics), "note": f"round 0's model trained {job.num_rounds} more "
+         "times on the labels as given"})
   return out
 
 
-def _reference_result(metrics: dict) -> dict:
+def _final_metrics(metrics: dict) -> dict:
+  """A training's metrics.json as a round or reference reports it: test, last epoch's validation."""
   return {"test": metrics.get("test", {}), "validation": metrics["epochs"][-1].get("validation", {})}
 
 
