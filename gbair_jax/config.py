@@ -91,6 +91,42 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
   check_macros_used()
 
 
+# Which runs a benchmark holds, not how any of them trains: a rerun may list more strategies
+# or seeds (the finished runs resume, the new ones start), so a recorded config is matched
+# without them (`same_recorded_config`), and config.gin files record none (`recorded_config`).
+RUN_LIST_BINDINGS = ("benchmark.strategies", "benchmark.seeds")
+# The lists as directories made before 2026-12-07 recorded them, after the gin config.
+RUN_LIST_COMMENTS = ("# strategies:", "# seeds:")
+
+
+def without_run_lists(config_text: str) -> str:
+  """`config_text` (gin.config_str() format) without RUN_LIST_BINDINGS and RUN_LIST_COMMENTS.
+
+  A binding gin wraps continues on indented lines; those go with it.
+  """
+  starts = tuple(f"{name} = " for name in RUN_LIST_BINDINGS)
+  kept, in_left_out_binding = [], False
+  for line in config_text.splitlines(keepends=True):
+    if in_left_out_binding and line[:1] in (" ", "\t"):
+      continue
+    in_left_out_binding = line.startswith(starts)
+    if not in_left_out_binding and not line.startswith(RUN_LIST_COMMENTS):
+      kept.append(line)
+  return "".join(kept)
+
+
+def same_recorded_config(recorded: str, config: str) -> bool:
+  """Whether a rerun's config matches the one recorded: the same lines, apart from blank
+  ones and those `without_run_lists` leaves out."""
+  lines = lambda text: [line for line in without_run_lists(text).splitlines() if line.strip()]
+  return lines(recorded) == lines(config)
+
+
+def recorded_config() -> str:
+  """The gin config as a run records it in its config.gin: without RUN_LIST_BINDINGS."""
+  return without_run_lists(gin.config_str())
+
+
 def check_macros_used() -> None:
   """Refuses a macro that is bound but never referenced (`--gin.CORRUPTION_RATEE=0` would
   otherwise run with the default), suggesting the closest macro that is used."""

@@ -106,6 +106,38 @@ def test_markdown_names_only_the_references_trained(with_clean):
       title for key, title, _ in benchmark.METRICS if key in benchmark_writer._SHARES]
 
 
+def _config_str(bindings: str) -> str:
+  import gin
+  import gbair_jax.recovery.benchmark  # noqa: F401  pylint: disable=unused-import,redefined-outer-name
+  gin.clear_config()
+  gin.parse_config(bindings)
+  text = gin.config_str()
+  gin.clear_config()
+  return text
+
+
+def test_recorded_configs_match_whatever_runs_a_benchmark_lists():
+  from gbair_jax import config as config_lib
+  short = _config_str("benchmark.strategies = ['loss']\nbenchmark.seeds = (1,)\n"
+                      "corrupt_labels.seed = 3")
+  # Twelve names: gin wraps the binding over indented lines, which go with it.
+  names = [f"strategy_number_{i}" for i in range(12)]
+  long = _config_str(f"benchmark.strategies = {names}\nbenchmark.seeds = (1, 2, 3)\n"
+                     "corrupt_labels.seed = 3")
+  assert "'strategy_number_11']" in long
+  old_style = long + "\n# seeds: 1,2,3\n# strategies: a,b\n"  # as directories recorded before
+  assert config_lib.same_recorded_config(short, long)
+  assert config_lib.same_recorded_config(old_style, short)
+  assert "strategy_number" not in config_lib.without_run_lists(long)
+  assert "corrupt_labels.seed = 3" in config_lib.without_run_lists(long)
+  # Any other difference still counts, a run's own "# strategy:" line included.
+  other = _config_str("benchmark.strategies = ['loss']\nbenchmark.seeds = (1,)\n"
+                      "corrupt_labels.seed = 4")
+  assert not config_lib.same_recorded_config(other, short)
+  assert not config_lib.same_recorded_config(short + "# strategy: loss\n",
+                                             short + "# strategy: random\n")
+
+
 @pytest.fixture(scope="module")
 def tiny_suite(tmp_path_factory):
   root = tmp_path_factory.mktemp("bench")
@@ -167,18 +199,31 @@ def test_tiny_suite_end_to_end(tiny_suite, tmp_path):
   assert "development seeds" in markdown and "@t" in markdown
   assert os.path.getsize(os.path.join(out, "benchmark.png")) > 0
   # Resume: a rerun reuses every finished run (no checkpoint is rewritten) and gives the
-  # same numbers; another seed list in the same directory is refused.
+  # same numbers.
   marker = os.path.join(out, "seed_2", "loss", "round_1", "round.json")
   before = os.path.getmtime(marker)
-  from gbair_jax import config as config_lib2
-  config_lib2.parse_gin([tiny_suite])
+  config_lib.parse_gin([tiny_suite])
   again = benchmark.benchmark(out, seeds_override=[1, 2], command="gbair benchmark ...")
   assert os.path.getmtime(marker) == before
   assert json.loads(json.dumps(again))["runs"] == runs
+  # A rerun may list another seed list and more strategies, the new one first: the
+  # finished runs resume as they were, and the new one starts from the same round 0.
+  config_lib.parse_gin([tiny_suite], ["benchmark.strategies = ['random', 'loss', 'confident_learning']"])
+  more = json.loads(json.dumps(benchmark.benchmark(out, seeds_override=[2])))
+  assert os.path.getmtime(marker) == before
+  assert more["strategies_run"] == ["random", "loss", "confident_learning"]
+  assert more["runs"]["2"]["loss"] == runs["2"]["loss"]
+  assert more["runs"]["2"]["random"]["round0_test_auc"] == runs["2"]["loss"]["round0_test_auc"]
+  assert more["runs"]["2"]["random"]["clean_test_auc"] == runs["2"]["loss"]["clean_test_auc"]
+  assert not os.path.exists(os.path.join(out, "seed_1", "random"))
+  for config_gin in ("config.gin", "seed_2/config.gin", "seed_2/random/config.gin"):
+    assert "benchmark.strategies" not in open(os.path.join(out, config_gin)).read()
+  # Any other change of the config is refused, and nothing is written.
   from gbair_jax.errors import UserError
-  config_lib2.parse_gin([tiny_suite])
+  config_lib.parse_gin([tiny_suite], ["run.num_rounds = 2"])
   with pytest.raises(UserError, match="different gin config"):
-    benchmark.benchmark(out, seeds_override=[1, 3])
+    benchmark.benchmark(out, seeds_override=[1, 2])
+  assert not os.path.exists(os.path.join(out, "seed_1", "loss", "round_2"))
 
 
 def test_three_class_suite_end_to_end(tmp_path):

@@ -3,8 +3,7 @@
 """
 from __future__ import annotations
 
-import gin
-
+from gbair_jax import config as config_lib
 from gbair_jax.data import describe
 from gbair_jax.runtime import files
 from gbair_jax.runtime import process
@@ -24,7 +23,7 @@ def run(output_dir: str) -> dict:
   if primary:
     for line in describe.format_rows_read(exp.data.rows_read):
       print(line, flush=True)
-  with claim_output_dir(output_dir, gin.config_str(), exp.data):
+  with claim_output_dir(output_dir, config_lib.recorded_config(), exp.data):
     result = train_prompt(exp.spec, exp.frozen, splits, round_dir, progress=primary,
                           mesh=exp.mesh)
   if primary:

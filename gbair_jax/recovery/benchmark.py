@@ -6,7 +6,8 @@ For each corruption seed s, the suite's gin config runs with `corrupt_labels.see
 shared by every strategy, and the strategies' rounds start from the same model on the same
 labels. That pairs the runs: differences between strategies are taken seed by seed, and
 their 95% interval comes from a paired bootstrap over seeds. Every run resumes like
-`gbair run`, so a killed benchmark continues where it stopped.
+`gbair run`, so a killed benchmark continues where it stopped, and a rerun that lists more
+strategies or seeds adds them to the same directory (config.gin records neither list).
 
 `benchmark.json` holds per strategy {"mean", "std", "values"} of each metric in METRICS
 (values in seed order; std with ddof 1), and per strategy `paired.<name>.vs_<baseline>` =
@@ -25,6 +26,7 @@ import itertools
 import gin
 import numpy as np
 
+from gbair_jax import config as config_lib
 from gbair_jax.data.dataset import load_data
 from gbair_jax.errors import UserError
 from gbair_jax.runtime import process as distributed
@@ -270,8 +272,8 @@ def benchmark(output_dir: str, strategies: list[str] = gin.REQUIRED,
     compare_lib.parse_strategy(strategy)  # unknown names fail before any training
   check_output_dir_free(output_dir)
   # The suite's config as given (before the per-seed bindings below): what a rerun matches.
-  config_text = (gin.config_str() + f"\n# seeds: {','.join(map(str, seeds))}\n"
-                 f"# strategies: {','.join(strategies)}\n")
+  # Without the seeds and strategies: a rerun may list more (benchmark.json says which ran).
+  config_text = config_lib.recorded_config()
   _bind_seed(seeds[0], vary_train_seed)
   experiment = build_experiment()  # the data and settings checked before output_dir is touched
   with claim_output_dir(output_dir, config_text):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gin
 
+from gbair_jax import config as config_lib
 from gbair_jax.errors import UserError
 from gbair_jax.recovery import loop
 from gbair_jax.recovery.registry import get_strategy
@@ -65,8 +66,8 @@ def compare(output_dir: str, strategies: list[str], experiment: Experiment | Non
   # Data and settings checked before output_dir is touched.
   experiment = experiment or build_experiment()
   actions.selection_size(len(experiment.data.splits["train"]["label"]))
-  config_text = gin.config_str() + f"\n# strategies: {','.join(strategies)}\n"
-  with claim_output_dir(output_dir, config_text, experiment.data):
+  # Recorded without the strategies: a rerun may add some.
+  with claim_output_dir(output_dir, config_lib.recorded_config(), experiment.data):
     return _compare(output_dir, strategies, experiment, progress)
 
 
@@ -75,7 +76,10 @@ def _compare(output_dir: str, strategies: list[str], experiment,
   results = {}
   first_dirs = {}  # train_on_validation -> the run whose round 0 the others with it copy
   shared = {}      # train_on_validation -> that run's trained references ({} if none)
-  for name in strategies:
+  # Runs already started go first, in the order given: a rerun that adds strategies shares
+  # the round 0 and references trained before, wherever it lists the new ones.
+  started = lambda name: files.exists(files.join(output_dir, name, "round_0"))
+  for name in sorted(strategies, key=lambda name: not started(name)):
     run_dir = files.join(output_dir, name)
     strategy, train_on_validation = parse_strategy(name)
     first = train_on_validation not in first_dirs
@@ -93,6 +97,7 @@ def _compare(output_dir: str, strategies: list[str], experiment,
       first_dirs[train_on_validation] = run_dir
       shared[train_on_validation] = {ref: results[name]["references"][ref] for ref in
                                      SHARED_REFERENCES if ref in results[name]["references"]}
+  results = {name: results[name] for name in strategies}  # the tables follow the given order
   rows = []
   for name, report in results.items():
     final, start = writer.final_round(report), report["rounds"][0]

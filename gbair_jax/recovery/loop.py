@@ -33,6 +33,7 @@ from typing import Any
 import gin
 import numpy as np
 
+from gbair_jax import config as config_lib
 from gbair_jax.data import describe as describe_lib
 from gbair_jax.data import ledger as ledger_lib
 from gbair_jax.data.ledger import apply_ledger, read_ledger
@@ -195,7 +196,7 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
   if progress:
     for line in describe_lib.format_rows_read(exp.data.rows_read):
       print(line, flush=True)
-  config_text = gin.config_str() + f"\n# strategy: {strategy}\n"
+  config_text = config_lib.recorded_config() + f"\n# strategy: {strategy}\n"
   if train_on_validation:  # also when passed in Python (gbair compare's "+validation")
     config_text += "# train_on_validation: True\n"
   with claim_output_dir(output_dir, config_text, exp.data):

@@ -13,6 +13,7 @@ import gin
 import numpy as np
 from jax.sharding import Mesh
 
+from gbair_jax import config as config_lib
 from gbair_jax.data.dataset import LabeledData, load_data
 from gbair_jax.errors import UserError
 from gbair_jax.models.backbone import Params
@@ -154,7 +155,9 @@ def check_data(output_dir: str, data: LabeledData) -> None:
 
 def _check_recorded(output_dir: str, config: str | None, fingerprint: dict | None) -> None:
   config_path = files.join(output_dir, CONFIG_FILE)
-  if config is not None and files.exists(config_path) and files.read_text(config_path) != config:
+  # A benchmark or compare rerun may list more strategies or seeds: those lists are left out.
+  if config is not None and files.exists(config_path) and not config_lib.same_recorded_config(
+      files.read_text(config_path), config):
     raise UserError(f"{config_path}: this output_dir holds a run with a different gin config; "
                     "use a new --output_dir (nothing was changed)")
   recorded = recorded_fingerprint(output_dir) if fingerprint is not None else None
