@@ -153,7 +153,7 @@ benchmark.seeds = (7, 8, 9)
 """)
 
 
-def test_tiny_suite_end_to_end(tiny_suite, tmp_path):
+def test_tiny_suite_end_to_end(tiny_suite, tmp_path, monkeypatch):
   from gbair_jax import config as config_lib
   config_lib.parse_gin([tiny_suite])
   out = str(tmp_path / "bench")
@@ -161,6 +161,7 @@ def test_tiny_suite_end_to_end(tiny_suite, tmp_path):
   on_disk = json.load(open(os.path.join(out, "benchmark.json")))
   assert on_disk == json.loads(json.dumps(summary))
   assert on_disk["seeds"] == [1, 2] and on_disk["development_seeds"] == [1, 2]
+  assert on_disk["seeds_pending"] == []
   assert on_disk["default_strategy"] == "tracin_opponents"  # run.strategy's default
   assert set(on_disk["strategies"]) == {"loss", "confident_learning"}
   for name in ("loss", "confident_learning"):
@@ -206,6 +207,22 @@ def test_tiny_suite_end_to_end(tiny_suite, tmp_path):
   again = benchmark.benchmark(out, seeds_override=[1, 2], command="gbair benchmark ...")
   assert os.path.getmtime(marker) == before
   assert json.loads(json.dumps(again))["runs"] == runs
+  # The files are written after every seed: a benchmark that stops at seed 5 leaves seeds
+  # 1 and 2 summed up, seed 5 named as pending.
+  compare = benchmark.compare_lib.compare
+  def stop_at_seed_5(seed_dir, *args, **kwargs):
+    if seed_dir.endswith("seed_5"):
+      raise RuntimeError("stopped")
+    return compare(seed_dir, *args, **kwargs)
+  monkeypatch.setattr(benchmark.compare_lib, "compare", stop_at_seed_5)
+  config_lib.parse_gin([tiny_suite])
+  with pytest.raises(RuntimeError, match="stopped"):
+    benchmark.benchmark(out, seeds_override=[1, 2, 5])
+  monkeypatch.undo()
+  partial = json.load(open(os.path.join(out, "benchmark.json")))
+  assert partial["seeds"] == [1, 2] and partial["seeds_pending"] == [5]
+  assert partial["runs"] == runs
+  assert "**In progress**: seeds 5 not run yet" in open(os.path.join(out, "benchmark.md")).read()
   # A rerun may list another seed list and more strategies, the new one first: the
   # finished runs resume as they were, and the new one starts from the same round 0.
   config_lib.parse_gin([tiny_suite], ["benchmark.strategies = ['random', 'loss', 'confident_learning']"])

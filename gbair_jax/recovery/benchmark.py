@@ -220,9 +220,9 @@ def aggregate(runs: dict, strategies: list[str], seeds: list[int], num_resamples
 
 def summarize(runs: dict, strategies: list[str], seeds: list[int], suite: str, data,
               command: str | None = None, num_resamples: int = 10000,
-              bootstrap_seed: int = 0) -> dict:
+              bootstrap_seed: int = 0, seeds_pending: list[int] = ()) -> dict:
   """benchmark.json's content from runs[seed][strategy] = run_metrics(...); `data` gives the
-  task's name and label names."""
+  task's name and label names; `seeds_pending`: the seeds still to run (a partial summary)."""
   return files.finite_json({
       "suite": suite,
       "task": data.task,
@@ -230,6 +230,7 @@ def summarize(runs: dict, strategies: list[str], seeds: list[int], suite: str, d
       "command": command,
       "default_strategy": default_strategy(),
       "seeds": seeds,
+      "seeds_pending": list(seeds_pending),
       "development_seeds": [s for s in seeds if s < 100],
       "strategies_run": strategies,
       "paired_metric": PAIRED_METRIC,
@@ -276,16 +277,22 @@ def benchmark(output_dir: str, strategies: list[str] = gin.REQUIRED,
   config_text = config_lib.recorded_config()
   _bind_seed(seeds[0], vary_train_seed)
   experiment = build_experiment()  # the data and settings checked before output_dir is touched
+  suite = name or files.basename(output_dir.rstrip("/"))
+  runs = {}
   with claim_output_dir(output_dir, config_text):
-    runs = _run_seeds(output_dir, strategies, seeds, vary_train_seed, experiment)
-    summary = summarize(runs, strategies, seeds, name or files.basename(output_dir.rstrip("/")),
-                        experiment.data, command, num_resamples, bootstrap_seed)
-    if distributed.is_primary():
-      from gbair_jax.report import benchmark_writer  # pylint: disable=g-import-not-at-top
-      files.write_json(files.join(output_dir, "benchmark.json"), summary)
-      markdown = benchmark_writer.write(output_dir, summary)
-      print(markdown)
-      print(f"benchmark: {files.join(output_dir, 'benchmark.md')}")
+    # The files are rewritten after every seed: a benchmark of hours shows the seeds done
+    # so far (benchmark.md says which are pending) and a killed one leaves them.
+    for seed, seed_runs in _run_seeds(output_dir, strategies, seeds, vary_train_seed, experiment):
+      runs[seed] = seed_runs
+      summary = summarize(runs, strategies, list(runs), suite, experiment.data, command,
+                          num_resamples, bootstrap_seed, seeds_pending=seeds[len(runs):])
+      if distributed.is_primary():
+        from gbair_jax.report import benchmark_writer  # pylint: disable=g-import-not-at-top
+        files.write_json(files.join(output_dir, "benchmark.json"), summary)
+        markdown = benchmark_writer.write(output_dir, summary)
+  if distributed.is_primary():
+    print(markdown)
+    print(f"benchmark: {files.join(output_dir, 'benchmark.md')}")
   return summary
 
 
@@ -297,10 +304,9 @@ def _bind_seed(seed: int, vary_train_seed: bool) -> None:
 
 
 def _run_seeds(output_dir: str, strategies: list[str], seeds: list[int],
-               vary_train_seed: bool, experiment) -> dict:
-  """One `compare` per corruption seed; runs[seed][strategy] = run_metrics(...).
+               vary_train_seed: bool, experiment):
+  """One `compare` per corruption seed, in order; yields (seed, {strategy: run_metrics(...)}).
   `experiment` is the first seed's (already bound); later seeds reload the data only."""
-  runs: dict[int, dict[str, dict]] = {}
   for i, seed in enumerate(seeds):
     if i:  # same model and weights; only the corrupted labels (and training seed) change
       _bind_seed(seed, vary_train_seed)
@@ -311,6 +317,5 @@ def _run_seeds(output_dir: str, strategies: list[str], seeds: list[int],
     seed_dir = files.join(output_dir, f"seed_{seed}")
     results = compare_lib.compare(seed_dir, strategies, experiment=experiment, progress=False)
     train_source = experiment.data.splits["train"]
-    runs[seed] = {name: run_metrics(report, files.join(seed_dir, name), train_source)
-                  for name, report in results.items()}
-  return runs
+    yield seed, {name: run_metrics(report, files.join(seed_dir, name), train_source)
+                 for name, report in results.items()}

@@ -42,6 +42,9 @@ def format_markdown(summary: dict) -> str:
   shared = "round 0 and the clean reference" if has_clean else "round 0"
   lines.append(f"Corruption seeds: {seeds} ({len(summary['seeds'])} paired runs per strategy; "
                f"{shared} trained once per seed and shared).")
+  if summary.get("seeds_pending"):
+    lines.append(f"**In progress**: seeds {', '.join(map(str, summary['seeds_pending']))} not "
+                 "run yet; every number below covers the seeds done only.")
   if summary.get("development_seeds"):
     lines.append(f"Seeds below 100 ({', '.join(map(str, summary['development_seeds']))}) are "
                  "development seeds: a smoke test or for tuning, not results to report.")
