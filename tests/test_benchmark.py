@@ -86,7 +86,8 @@ def _summary(with_clean: bool) -> dict:
   seeds, strategies = [115, 116], ["class_vote_embedding", "loss"]
   runs = {s: {name: {"final_test_auc": 0.84 + 0.01 * i + 0.001 * (s - 115), "round0_test_auc": 0.79,
                      "clean_test_auc": 0.86 if with_clean else None,
-                     "unchanged_labels_test_auc": 0.83, "final_not_below_unchanged": i == 0}
+                     "unchanged_labels_test_auc": 0.83, "final_not_below_unchanged": i == 0,
+                     "train_on_validation": True}
                   for i, name in enumerate(strategies)} for s in seeds}
   data = types.SimpleNamespace(task="t", label_names=("a", "b"))
   return benchmark.summarize(runs, strategies, seeds, "s", data, num_resamples=100)
@@ -98,6 +99,10 @@ def test_markdown_names_only_the_references_trained(with_clean):
   markdown = benchmark_writer.format_markdown(_summary(with_clean))
   # run.references without "clean": the text must not claim a clean reference was trained.
   assert ("clean reference" in markdown) == with_clean
+  assert "clean labels -" not in markdown  # nothing said of a reference not trained
+  assert ("round 0 (no recovery) 0.790 ± 0.000, clean labels 0.860 ± 0.000 (both trained on the "
+          "validation examples too)." if with_clean else
+          "round 0 (no recovery) 0.790 ± 0.000 (trained on the validation examples too).") in markdown
   assert "round 0 trained on as long without a change (unchanged_labels) scores 0.830" in markdown
   shares = sum(1 for key, _, _ in benchmark.METRICS if key in benchmark_writer._SHARES)
   assert f"shares of runs for the last {shares} columns" in markdown

@@ -56,8 +56,8 @@ def format_markdown(summary: dict) -> str:
               "labels that were corrupted even when the new label is still wrong."]
   with_validation = summary.get("train_on_validation", {})
   lines += ["", f"References (test AUC): round 0 (no recovery) {_cell(refs['round0_test_auc'], '')}"
-            f", clean labels {_cell(refs['clean_test_auc'], '')}"
-            + (" (both trained on the validation examples too)"
+            + (f", clean labels {_cell(refs['clean_test_auc'], '')}" if has_clean else "")
+            + ((" (both trained" if has_clean else " (trained") + " on the validation examples too)"
                if refs.get("train_on_validation") else "") + "."]
   unchanged = refs.get("unchanged_labels_test_auc")
   if unchanged and unchanged.get("mean") is not None:
@@ -69,7 +69,7 @@ def format_markdown(summary: dict) -> str:
   if any(with_validation.values()):
     lines.append("Trained on the validation examples the strategies see, with their clean "
                  "labels, in every round (run.train_on_validation; each such group has its own "
-                 "round 0 and clean reference): "
+                 f"{shared}): "
                  + ", ".join(name for name in strategies if with_validation.get(name)) + ".")
   lines.append("")
   header = ["strategy"] + [title for _, title, _ in METRICS]
