@@ -3,7 +3,8 @@
 Each strategy runs in `<output_dir>/<strategy>/`. Round 0 does not depend on the strategy,
 so its checkpoints are trained once and copied; the references that train (clean, and
 unchanged_labels with warm_start) are trained once too, by the first run, and shown in
-every report.
+every report. A rerun that lists more strategies adds them: the finished runs resume, and
+the new ones copy the round 0 trained before.
 
 A name with the suffix `+validation` (e.g. `loss+validation`) runs that strategy with
 `run.train_on_validation=True`: every training run also sees the validation examples the
