@@ -277,6 +277,7 @@ def benchmark(output_dir: str, strategies: list[str] = gin.REQUIRED,
   config_text = config_lib.recorded_config()
   _bind_seed(seeds[0], vary_train_seed)
   experiment = build_experiment()  # the data and settings checked before output_dir is touched
+  from gbair_jax.report import benchmark_writer  # pylint: disable=g-import-not-at-top
   suite = name or files.basename(output_dir.rstrip("/"))
   runs = {}
   with claim_output_dir(output_dir, config_text):
@@ -287,7 +288,6 @@ def benchmark(output_dir: str, strategies: list[str] = gin.REQUIRED,
       summary = summarize(runs, strategies, list(runs), suite, experiment.data, command,
                           num_resamples, bootstrap_seed, seeds_pending=seeds[len(runs):])
       if distributed.is_primary():
-        from gbair_jax.report import benchmark_writer  # pylint: disable=g-import-not-at-top
         files.write_json(files.join(output_dir, "benchmark.json"), summary)
         markdown = benchmark_writer.write(output_dir, summary)
   if distributed.is_primary():
