@@ -45,6 +45,7 @@ from gbair_jax.recovery.context import RoundContext, with_extra_rows
 from gbair_jax.recovery import embedding_vote  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery import first_order_gain  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery import gradient_vote  # noqa: F401  pylint: disable=unused-import
+from gbair_jax.recovery import rank_fusion  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery import strategies  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery import tracin_strategies
 from gbair_jax.recovery import training_dynamics  # noqa: F401  pylint: disable=unused-import
