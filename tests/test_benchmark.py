@@ -81,9 +81,10 @@ def test_gate_agreement_by_hand():
   assert benchmark.gate_agreement([_round(0.70), _round(0.71)]) is None  # no gate
 
 
-def _summary(with_clean: bool) -> dict:
-  """benchmark.json's content for two seeds of a warm-started run, from hand-made run metrics."""
-  seeds, strategies = [115, 116], ["class_vote_embedding", "loss"]
+def _summary(with_clean: bool, seeds=(115, 116)) -> dict:
+  """benchmark.json's content for a warm-started run (two seeds by default), from hand-made
+  run metrics."""
+  seeds, strategies = list(seeds), ["class_vote_embedding", "loss"]
   runs = {s: {name: {"final_test_auc": 0.84 + 0.01 * i + 0.001 * (s - 115), "round0_test_auc": 0.79,
                      "clean_test_auc": 0.86 if with_clean else None,
                      "unchanged_labels_test_auc": 0.83, "final_not_below_unchanged": i == 0,
@@ -109,6 +110,13 @@ def test_markdown_names_only_the_references_trained(with_clean):
   header = next(line for line in markdown.splitlines() if line.startswith("| strategy | final"))
   assert header.rstrip(" |").split(" | ")[-shares:] == [
       title for key, title, _ in benchmark.METRICS if key in benchmark_writer._SHARES]
+
+
+@pytest.mark.parametrize("seeds,phrase", [((115,), "(1 paired run per strategy;"),
+                                          ((115, 116), "(2 paired runs per strategy;")])
+def test_markdown_counts_the_paired_runs(seeds, phrase):
+  from gbair_jax.report import benchmark_writer  # pylint: disable=g-import-not-at-top
+  assert phrase in benchmark_writer.format_markdown(_summary(True, seeds))
 
 
 def _config_str(bindings: str) -> str:

@@ -40,8 +40,9 @@ def format_markdown(summary: dict) -> str:
   # run.references may leave the clean reference out: say only what was trained.
   has_clean = (refs.get("clean_test_auc") or {}).get("mean") is not None
   shared = "round 0 and the clean reference" if has_clean else "round 0"
-  lines.append(f"Corruption seeds: {seeds} ({len(summary['seeds'])} paired runs per strategy; "
-               f"{shared} trained once per seed and shared).")
+  runs = len(summary["seeds"])
+  lines.append(f"Corruption seeds: {seeds} ({runs} paired run{'s' if runs != 1 else ''} per "
+               f"strategy; {shared} trained once per seed and shared).")
   if summary.get("seeds_pending"):
     lines.append(f"**In progress**: seeds {', '.join(map(str, summary['seeds_pending']))} not "
                  "run yet; every number below covers the seeds done only.")
