@@ -114,3 +114,20 @@ def tiny_experiment(label_names, split, num_train: int = 48, corrupt: int = 12, 
       "test": split(24, 2, 2000)})
   return Experiment(data=data, spec=build_classifier(backbone, label_names, prompt_length=4),
                     frozen=backbone.load_params(), sequence_length=12)
+
+
+def initial_prompt_context(exp, batch_size: int = 8):
+  """A RoundContext of `exp` (tiny_experiment) at its untrained initial prompt, as the only
+  checkpoint: what a strategy sees, without training anything."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from gbair_jax.recovery.context import RoundContext  # pylint: disable=g-import-not-at-top
+  from gbair_jax.train.trainer import predict_logits  # pylint: disable=g-import-not-at-top
+  tokens = exp.tokenized_splits()
+  prompt = np.asarray(exp.spec.initial_prompt(jax.random.PRNGKey(0), exp.frozen))
+  return RoundContext(spec=exp.spec, frozen=exp.frozen, train=tokens["train"],
+                      validation=tokens["validation"], checkpoints=[(prompt, 1.0)],
+                      final_prompt=prompt,
+                      train_logits=predict_logits(exp.spec, prompt, exp.frozen, tokens["train"]),
+                      validation_logits=predict_logits(exp.spec, prompt, exp.frozen,
+                                                       tokens["validation"]),
+                      seed=0, batch_size=batch_size, progress=False)

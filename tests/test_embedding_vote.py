@@ -1,6 +1,5 @@
 """class_vote_embedding (recovery/embedding_vote.py): the class vote on frozen sentence
 embeddings, checked against its definition one training example at a time."""
-import jax
 import numpy as np
 import pytest
 
@@ -9,20 +8,8 @@ from gbair_jax.models.llama import tiny_llama
 from gbair_jax.models.t5 import tiny_t5
 from gbair_jax.recovery import embedding_vote
 from gbair_jax.recovery.context import RoundContext
-from gbair_jax.train.trainer import predict_logits
-from tests.helpers import synthetic_split, synthetic_three_class_split, tiny_experiment
-
-
-def _context(exp, batch_size=8):
-  tokens = exp.tokenized_splits()
-  prompt = np.asarray(exp.spec.initial_prompt(jax.random.PRNGKey(0), exp.frozen))
-  return RoundContext(spec=exp.spec, frozen=exp.frozen, train=tokens["train"],
-                      validation=tokens["validation"], checkpoints=[(prompt, 1.0)],
-                      final_prompt=prompt,
-                      train_logits=predict_logits(exp.spec, prompt, exp.frozen, tokens["train"]),
-                      validation_logits=predict_logits(exp.spec, prompt, exp.frozen,
-                                                       tokens["validation"]),
-                      seed=0, batch_size=batch_size, progress=False)
+from tests.helpers import (initial_prompt_context, synthetic_split,
+                           synthetic_three_class_split, tiny_experiment)
 
 
 def _one_embedding(exp, arrays, i):
@@ -64,7 +51,7 @@ def _by_definition(ctx, exp, neighbours, with_train):
 @pytest.mark.parametrize("voters", ["validation", "validation_and_train"])
 def test_the_vote_matches_its_definition(split, labels, voters):
   exp = tiny_experiment(labels, split, num_train=20, corrupt=5)
-  ctx = _context(exp)
+  ctx = initial_prompt_context(exp)
   for neighbours in (3, None):
     got = embedding_vote.embedding_vote_scores(ctx, neighbours, center=True, voters=voters)
     expected = _by_definition(ctx, exp, neighbours or 10_000, voters == "validation_and_train")
@@ -77,7 +64,7 @@ def test_every_backbone_has_a_padding_blind_unit_sentence_embedding(make_backbon
   by its definition, and what sits in padded positions never reaches the embedding."""
   exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=12, corrupt=3,
                         backbone=make_backbone())
-  ctx = _context(exp)
+  ctx = initial_prompt_context(exp)
   got = embedding_vote.embedding_vote_scores(ctx, 3, center=True, voters="validation")
   np.testing.assert_allclose(got, _by_definition(ctx, exp, 3, False), rtol=1e-5, atol=1e-6)
   embed = lambda t, m: np.asarray(exp.spec.backbone.module.apply(
@@ -94,7 +81,7 @@ def test_every_backbone_has_a_padding_blind_unit_sentence_embedding(make_backbon
 
 def test_bad_settings_and_a_backbone_without_sentence_embeddings_are_refused():
   exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=8, corrupt=2)
-  ctx = _context(exp)
+  ctx = initial_prompt_context(exp)
   with pytest.raises(UserError, match="voters='everyone' is unknown"):
     embedding_vote.embedding_vote_scores(ctx, voters="everyone")
   with pytest.raises(UserError, match="neighbours = 0"):
@@ -115,7 +102,7 @@ def test_voters_are_scored_with_themselves_left_out():
   """The calibration's samples: every validation voter voted on by the others, at its own
   label (clean) and as if labelled with the other class (flipped)."""
   exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=12, corrupt=3)
-  ctx = _context(exp)
+  ctx = initial_prompt_context(exp)
   vote = embedding_vote.embedding_vote(ctx, neighbours=4)
   labels = ctx.validation["label"]
   feats = np.stack([_one_embedding(exp, ctx.validation, i) for i in range(len(labels))])

@@ -1,16 +1,13 @@
 """rank_fusion (recovery/rank_fusion.py): the members' percentile ranks averaged, checked
 against the definition, through gin, and refusing what cannot fuse."""
 import gin
-import jax
 import numpy as np
 import pytest
 
 from gbair_jax.errors import UserError
 from gbair_jax.recovery import embedding_vote, rank_fusion, strategies
-from gbair_jax.recovery.context import RoundContext
 from gbair_jax.recovery.registry import get_strategy
-from gbair_jax.train.trainer import predict_logits
-from tests.helpers import synthetic_split, tiny_experiment
+from tests.helpers import initial_prompt_context, synthetic_split, tiny_experiment
 
 
 def _rank_by_definition(scores, i):
@@ -47,15 +44,7 @@ def test_fuse_is_the_weighted_mean_of_ranks_and_weights_move_the_top():
 @pytest.fixture(scope="module")
 def context():
   exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=24, corrupt=6)
-  tokens = exp.tokenized_splits()
-  prompt = np.asarray(exp.spec.initial_prompt(jax.random.PRNGKey(0), exp.frozen))
-  return RoundContext(spec=exp.spec, frozen=exp.frozen, train=tokens["train"],
-                      validation=tokens["validation"], checkpoints=[(prompt, 1.0)],
-                      final_prompt=prompt,
-                      train_logits=predict_logits(exp.spec, prompt, exp.frozen, tokens["train"]),
-                      validation_logits=predict_logits(exp.spec, prompt, exp.frozen,
-                                                       tokens["validation"]),
-                      seed=0, batch_size=8, progress=False)
+  return initial_prompt_context(exp)
 
 
 def test_the_default_fuses_the_embedding_vote_with_loss(context):
