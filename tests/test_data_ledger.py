@@ -71,6 +71,21 @@ def test_apply_relabels_and_removes_rounds_before(tmp_path):
   assert split["label"].tolist() == [1, 0, 1, 0]  # input untouched
 
 
+def test_only_a_rollback_line_brings_a_removed_example_back():
+  removal = LedgerEntry(0, 40, 0, None, 0.8, "loss")
+  restore = LedgerEntry(1, 40, 0, 0, None, ledger.ROLLBACK)
+  back = ledger.apply_ledger(_split(), [removal, restore], before_round=2)
+  assert back["example_id"].tolist() == [10, 20, 30, 40] and back["label"].tolist() == [1, 0, 1, 0]
+  assert ledger.apply_ledger(_split(), [removal, restore], before_round=1)["example_id"].tolist() == [
+      10, 20, 30]
+  # Any other line on a removed example (a human's drop is final) is a ledger error.
+  with pytest.raises(UserError, match="example 40: the example was already removed"):
+    ledger.apply_ledger(_split(), [removal, LedgerEntry(1, 40, 0, 1, None, "human:relabel")], 2)
+  # The rollback must name the label the example was removed with.
+  with pytest.raises(UserError, match="old_label 1 but the label is 0"):
+    ledger.apply_ledger(_split(), [removal, LedgerEntry(1, 40, 1, 1, None, ledger.ROLLBACK)], 2)
+
+
 def test_apply_rejects_a_ledger_from_other_data():
   with pytest.raises(UserError, match="example 99"):
     ledger.apply_ledger(_split(), [LedgerEntry(0, 99, 0, 1, 0.0, "tracin")], before_round=1)

@@ -158,10 +158,34 @@ def test_gate_holds_out_validation_and_scores_the_real_model(experiment, tmp_pat
   assert report["rounds"][0]["num_misclassified_validation"] <= 16  # half of 32 held out
 
 
-def test_gate_refuses_removal_and_review(experiment, tmp_path):
-  with pytest.raises(UserError, match="run.action='remove'"):
-    loop.run(str(tmp_path / "a"), strategy="loss", action="remove", gate=True,
-             experiment=experiment, progress=False)
+def test_a_rejected_round_brings_its_removed_examples_back(experiment, tmp_path, monkeypatch):
+  _scripted_gate(monkeypatch, [0.8, 0.7, 0.9])  # round 1 worse, round 2 better
+  out = str(tmp_path / "run")
+  report = loop.run(out, num_rounds=2, strategy="loss", action="relabel_or_remove", gate=True,
+                    references=(), experiment=experiment, progress=False)
+  rounds = report["rounds"]
+  assert [r["gate"]["accepted"] for r in rounds] == [True, False, True]
+  assert [(r["selected"], r["removed"]) for r in rounds] == [(6, 3), (3, 1), (0, 0)]
+  ledger = read_ledger(os.path.join(out, "ledger.jsonl"))
+  first = [e for e in ledger if e.round == 0]
+  assert [e.new_label is None for e in first] == [False] * 3 + [True] * 3  # best 3 relabeled
+  # Round 1 puts round 0's removed examples back with their labels, and its relabels back.
+  undo = {e.example_id: (e.old_label, e.new_label) for e in ledger
+          if e.round == 1 and e.strategy == gate_lib.GATE_ROLLBACK}
+  assert undo == {e.example_id: ((e.old_label if e.new_label is None else e.new_label), e.old_label)
+                  for e in first}
+  train = experiment.data.splits["train"]
+  num_train = len(train["label"])
+  # Round 1 trained without round 0's three removed; round 2 on all but round 1's one removal.
+  assert [r["num_train"] for r in rounds] == [num_train, num_train - 3, num_train - 1]
+  after = apply_ledger(train, ledger, before_round=3)
+  assert len(after["label"]) == num_train - 1
+  assert report["final_round"] == 2
+  assert "Labels changed over all rounds: 9 (4 of them by removing the example)" in open(
+      os.path.join(out, "report.md")).read()
+
+
+def test_gate_refuses_review_and_a_bad_gate_or_tier(experiment, tmp_path):
   with pytest.raises(UserError, match="--review"):
     loop.run(str(tmp_path / "b"), strategy="loss", gate=True, review=True,
              experiment=experiment, progress=False)
@@ -170,6 +194,12 @@ def test_gate_refuses_removal_and_review(experiment, tmp_path):
     loop.run(str(tmp_path / "c"), strategy="loss", gate=True, experiment=experiment,
              progress=False)
   assert not os.path.exists(tmp_path / "c")
+  gin.bind_parameter("GateConfig.fraction", 0.5)
+  gin.bind_parameter("relabel_tier.relabel_share", 2.0)
+  with pytest.raises(UserError, match="relabel_tier.relabel_share = 2.0"):
+    loop.run(str(tmp_path / "d"), strategy="loss", action="relabel_or_remove", gate=True,
+             experiment=experiment, progress=False)
+  assert not os.path.exists(tmp_path / "d")
 
 
 def test_a_rerun_warm_starts_from_the_accepted_round_not_a_rejected_one(monkeypatch):

@@ -85,6 +85,24 @@ def test_actions_flip_pick_other_class_or_remove():
   assert binary[0].new_label == 0
 
 
+def test_relabel_or_remove_relabels_the_best_ranked_share_and_removes_the_rest():
+  train = {"label": np.array([0, 1, 0, 1, 1]), "example_id": np.arange(5) + 10}
+  logits = np.zeros((5, 2))
+  selected = np.array([3, 0, 4, 1, 2])  # best first
+  entries = actions.act("relabel_or_remove", selected, train, logits, np.zeros(5), 1, "loss")
+  # Default share 0.5 of 5, rounded up: the first three are relabeled.
+  assert [(e.example_id, e.new_label) for e in entries] == [
+      (13, 0), (10, 1), (14, 0), (11, None), (12, None)]
+  gin.bind_parameter("relabel_tier.relabel_share", 0.2)
+  entries = actions.act("relabel_or_remove", selected, train, logits, np.zeros(5), 1, "loss")
+  assert [e.new_label for e in entries] == [0, None, None, None, None]
+  assert actions.relabel_tier(4, relabel_share=0.0) == 0
+  assert actions.relabel_tier(4, relabel_share=1.0) == 4
+  for bad in (1.5, -0.1, True, "half"):
+    with pytest.raises(UserError, match="relabel_tier.relabel_share"):
+      actions.relabel_tier(4, relabel_share=bad)
+
+
 def test_loss_rounds_write_ledger_and_report(experiment, tmp_path):
   out = str(tmp_path / "run")
   report = loop.run(out, num_rounds=2, strategy="loss", experiment=experiment, progress=False)

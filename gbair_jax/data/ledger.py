@@ -1,7 +1,9 @@
 """The ledger: `<output_dir>/ledger.jsonl`, one JSON line per label change G-BAIR makes.
 
 The source data is never modified; a run's training labels at round r are the source
-labels, plus corruption, plus the ledger lines of rounds < r. Appends write the whole file
+labels, plus corruption, plus the ledger lines of rounds < r. A removal (`new_label` null)
+is final, except for a gated round's rollback line (strategy ROLLBACK), which puts the
+example back with its label. Appends write the whole file
 at once, so a killed run never leaves half a line; a torn last line from elsewhere (a
 partial copy) is found on every read.
 """
@@ -20,6 +22,9 @@ from gbair_jax.errors import UserError
 from gbair_jax.runtime import files
 
 FILE_NAME = "ledger.jsonl"
+# The strategy of the lines a gated round writes to undo the round before it
+# (recovery/gate.py): the only lines that may bring a removed example back.
+ROLLBACK = "gate_rollback"
 _FIELDS = ("round", "example_id", "old_label", "new_label", "score", "strategy")
 _ROUND_PREFIX = re.compile(r'^\s*\{\s*"round"\s*:\s*(\d+)\s*,')
 
@@ -172,7 +177,8 @@ def apply_ledger(split: Mapping[str, np.ndarray], entries: Sequence[LedgerEntry]
                  before_round: int) -> dict[str, np.ndarray]:
   """The split with the relabels and removals of rounds < `before_round` applied.
 
-  Only `label` changes (and rows disappear for removals); `original_label` and
+  Only `label` changes (and rows disappear for removals, and come back for a ROLLBACK line
+  on a removed example, with its `new_label`); `original_label` and
   `is_corrupted` keep describing the data as loaded. The input is not modified.
 
   Args:
@@ -198,7 +204,9 @@ def apply_ledger(split: Mapping[str, np.ndarray], entries: Sequence[LedgerEntry]
     if row is None:
       raise UserError(f"{where}: no such example in this split (ledger from other data?)")
     if not keep[row]:
-      raise UserError(f"{where}: the example was already removed")
+      if entry.strategy != ROLLBACK or entry.new_label is None:
+        raise UserError(f"{where}: the example was already removed")
+      keep[row] = True  # its label is still the one it was removed with (checked below)
     if int(labels[row]) != int(entry.old_label):
       raise UserError(f"{where}: old_label {entry.old_label} but the label is "
                       f"{int(labels[row])} (ledger from a different run?)")

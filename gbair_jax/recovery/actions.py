@@ -1,7 +1,12 @@
-"""Selecting suspects from scores, and acting on them: relabel or remove.
+"""Selecting suspects from scores, and acting on them: relabel, remove, or both in tiers.
 
 Actions become ledger entries; the source data is never touched. Binary tasks flip the
 label; with C > 2 classes an example is relabeled to the model's most likely other class.
+
+`relabel_or_remove` relabels the best-ranked part of a round's selection and removes the
+rest (gin `relabel_tier.relabel_share`). A relabel with precision p fixes (2p - 1) labels
+per change net, so where a ranking is unsure (its lower ranks, p near or below 0.5) it adds
+noise; a removal there still takes p wrong labels out and costs only (1 - p) clean examples.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import numpy as np
 from gbair_jax.data.ledger import LedgerEntry
 from gbair_jax.errors import UserError
 
-ACTIONS = ("relabel", "remove")
+ACTIONS = ("relabel", "remove", "relabel_or_remove")
 # Ranking resolution, relative to the largest |score|. The same run on another mesh (1
 # device, 8, several hosts) adds in another order and moves scores in their last bits
 # (about 1e-6 relative); ranking on scores rounded to this step puts near-ties in training-
@@ -50,15 +55,29 @@ def selection_size(num_train: int, select_count: int | None = None,
   return max(1, int(round(select_fraction * num_train)))
 
 
+@gin.configurable
+def relabel_tier(selected_count: int, relabel_share: float = 0.5) -> int:
+  """How many of a round's `selected_count` suspects, best first, `relabel_or_remove`
+  relabels (the rest it removes): `relabel_share` of them, rounded up."""
+  if isinstance(relabel_share, bool) or not isinstance(relabel_share, (int, float)) or not (
+      0 <= relabel_share <= 1):
+    raise UserError(f"relabel_tier.relabel_share = {relabel_share!r}: must be a number in [0, 1]")
+  return int(np.ceil(relabel_share * selected_count - 1e-9))
+
+
 def act(action: str, selected: np.ndarray, train: dict[str, np.ndarray], train_logits: np.ndarray,
         scores: np.ndarray, round_index: int, strategy: str) -> list[LedgerEntry]:
-  """Ledger entries for the selected training rows."""
+  """Ledger entries for the selected training rows (`selected` best first)."""
   if action not in ACTIONS:
-    raise UserError(f"recovery action '{action}' is unknown (expected relabel or remove)")
+    raise UserError(f"recovery action '{action}' is unknown (expected one of "
+                    f"{', '.join(ACTIONS)})")
+  relabeled = {"relabel": len(selected), "remove": 0}.get(action)
+  if relabeled is None:
+    relabeled = relabel_tier(len(selected))
   entries = []
-  for i in selected:
+  for rank, i in enumerate(selected):
     old = int(train["label"][i])
-    if action == "remove":
+    if rank >= relabeled:
       new = None
     elif train_logits.shape[1] == 2:
       new = 1 - old

@@ -5,14 +5,13 @@ gate) is held out before anything else sees validation: strategies, thresholds a
 validation metrics use the rest. After round r trains on round r - 1's changes, its gate
 metric is compared with that of the last accepted model. If it fell by more than
 `gate.tolerance` (plus `gate.noise_z` standard errors of the difference, when set: see
-`difference_noise`), round r is rejected: round r - 1's relabels are undone by ledger lines
-(strategy GATE_ROLLBACK), the budget is halved, and a new, smaller selection is taken from
-the accepted model's saved scores (those examples' labels are the accepted ones again, so
-the scores still apply). The run's result is the last accepted round (`report["final_round"]`),
-never a rejected one, so a run never ends below round 0 on the gate.
-
-Only relabels can be undone (a removal leaves no label to go back to): the gate needs
-`run.action = "relabel"`.
+`difference_noise`), round r is rejected: round r - 1's changes are undone by ledger lines
+(strategy GATE_ROLLBACK): a relabel by the reverse relabel, a removal by a line that puts
+the example back with the label it was removed with. The budget is halved, and a new,
+smaller selection is taken from the accepted model's saved scores (those examples' labels
+are the accepted ones again, so the scores still apply). The run's result is the last
+accepted round (`report["final_round"]`), never a rejected one, so a run never ends below
+round 0 on the gate.
 """
 from __future__ import annotations
 
@@ -21,11 +20,12 @@ import dataclasses
 import gin
 import numpy as np
 
+from gbair_jax.data import ledger as ledger_lib
 from gbair_jax.data.ledger import LedgerEntry
 from gbair_jax.errors import UserError
 from gbair_jax.train.metrics import classification_metrics
 
-GATE_ROLLBACK = "gate_rollback"
+GATE_ROLLBACK = ledger_lib.ROLLBACK  # the only lines that may restore a removed example
 
 
 @gin.configurable
@@ -110,17 +110,12 @@ def rejects(value: float, accepted_value: float, config: GateConfig, noise: floa
 
 
 def rollback_entries(changes: list[LedgerEntry], round_index: int) -> list[LedgerEntry]:
-  """Ledger lines of round `round_index` that put `changes` (relabels) back."""
-  out = []
-  for entry in changes:
-    if entry.new_label is None:
-      raise UserError(f"ledger entry of round {entry.round} for example {entry.example_id} "
-                      "removed the example; gated rounds can only undo relabels "
-                      "(use run.action='relabel' with run.gate=True)")
-    out.append(LedgerEntry(round=round_index, example_id=entry.example_id,
-                           old_label=entry.new_label, new_label=entry.old_label, score=None,
-                           strategy=GATE_ROLLBACK))
-  return out
+  """Ledger lines of round `round_index` that undo `changes`: a relabel goes back to its old
+  label; a removed example comes back with the label it had (old_label == new_label)."""
+  return [LedgerEntry(round=round_index, example_id=entry.example_id,
+                      old_label=entry.old_label if entry.new_label is None else entry.new_label,
+                      new_label=entry.old_label, score=None, strategy=GATE_ROLLBACK)
+          for entry in changes]
 
 
 def is_rollback(entry: LedgerEntry) -> bool:

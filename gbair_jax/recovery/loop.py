@@ -131,7 +131,9 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
     num_rounds: recovery rounds (select + act); the run trains num_rounds + 1 times.
     strategy: selection strategy name (tracin_opponents, loss, self_influence, random,
       confident_learning, ...).
-    action: relabel | remove.
+    action: relabel | remove | relabel_or_remove (the best-ranked share of each selection,
+      gin `relabel_tier.relabel_share`, relabeled and the rest removed: actions.py). With
+      the gate, a rejected round's removals come back like its relabels go back.
     retrain: fresh (new prompt each round) | warm_start (continue from the last prompt).
     references: which reference results to add to the report: "clean" trains on the
       uncorrupted labels (as long as the run's rounds together with warm_start: see
@@ -159,16 +161,14 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
     raise UserError("run.references: 'unchanged_labels' needs run.retrain='warm_start' (with "
                     "fresh retraining it would be round 0 again: 'no_recovery')")
   if action not in actions.ACTIONS:
-    raise UserError(f"run.action='{action}' is unknown (expected relabel or remove)")
+    raise UserError(f"run.action='{action}' is unknown (expected one of "
+                    f"{', '.join(actions.ACTIONS)})")
   if num_rounds < 0:
     raise UserError(f"run.num_rounds must be >= 0, got {num_rounds}")
   strategy_fn = get_strategy(strategy)  # fail before any work on an unknown name
   gate_config = gate_lib.GateConfig() if gate else None
   if gate_config is not None:
     gate_config.check()
-    if action != "relabel":
-      raise UserError(f"run.gate=True can only undo relabels; run.action='{action}' "
-                      "needs run.gate=False")
     if review:
       raise UserError("run.gate=True and --review cannot be combined yet: a reviewed "
                       "round's decisions are final (add --gin.run.gate=False "
@@ -194,6 +194,8 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
                     "--gin.run.train_on_validation=False for in-run scoring)")
   train_source = splits["train"]
   selection_count = actions.selection_size(len(train_source["label"]))
+  if action == "relabel_or_remove":
+    actions.relabel_tier(selection_count)  # a bad relabel_share is refused before any work
   if progress:
     for line in describe_lib.format_rows_read(exp.data.rows_read):
       print(line, flush=True)
@@ -356,7 +358,8 @@ def _train_round(job: _Settings, train: dict, r: int, initial_prompt):
                         initial_prompt=initial_prompt, progress=job.progress, mesh=exp.mesh,
                         in_run=hook)
   summary = {"round": r, "label_names": list(exp.data.label_names),
-             "num_train": int(len(train["label"])), "selected": 0, "precision": None,
+             "num_train": int(len(train["label"])), "selected": 0, "removed": 0,
+             "precision": None,
              **_final_metrics(result.metrics),
              "seconds": {"train": time.time() - started, "score": 0.0}}
   return result, summary
@@ -408,15 +411,15 @@ def _select_round(job: _Settings, result, summary: dict, entries: list, rollback
     # Killed after this round's ledger append and before round.json (or between the
     # append and the barrier of several processes): the ledger is the round's record.
     # Selecting again would exclude these very entries and pick other examples.
-    chosen = [e for e in own if not gate_lib.is_rollback(e)]
+    changes = [e for e in own if not gate_lib.is_rollback(e)]
     train = apply_ledger(splits["train"], entries, before_round=r)
     row_of = {int(i): n for n, i in enumerate(train["example_id"])}
-    selected = np.array([row_of[e.example_id] for e in chosen], np.int64)
+    selected = np.array([row_of[e.example_id] for e in changes], np.int64)
     suspects_path = files.join(round_dir, "suspects.jsonl")
     if job.primary and not files.exists(suspects_path):
-      report_writer.write_suspects(suspects_path, chosen, train, exp.data.label_names)
+      report_writer.write_suspects(suspects_path, changes, train, exp.data.label_names)
   elif r == job.num_rounds or state.budget == 0:  # only the rollback: nothing new to choose
-    selected = np.zeros(0, np.int64)
+    selected, changes = np.zeros(0, np.int64), []
     if job.primary:
       ledger_lib.append_round(job.ledger_path, r, rollback)
   else:
@@ -434,20 +437,21 @@ def _select_round(job: _Settings, result, summary: dict, entries: list, rollback
                     predict_logits(exp.spec, prompt, exp.frozen, train, mesh=exp.mesh))
     ever_changed = np.isin(train["example_id"], [e.example_id for e in entries + rollback])
     selected = actions.select_suspects(scores, state.budget, exclude=ever_changed)
-    new_entries = actions.act(job.action, selected, train, train_logits, scores, r, job.strategy)
+    changes = actions.act(job.action, selected, train, train_logits, scores, r, job.strategy)
     if pause and len(selected):
       path = review_rounds.pause_for_review(
-          round_dir, ctx, selected, new_entries, scores, exp.data.label_names,
+          round_dir, ctx, selected, changes, scores, exp.data.label_names,
           round_index=r, strategy=job.strategy, action=job.action,
           resume_command=job.resume_command,
           seconds={"train": summary["seconds"]["train"], "score": time.time() - started})
       distributed.barrier(f"proposals of round {r}")
       return {"paused_for_review": r, "proposals": path}
     if job.primary:
-      report_writer.write_suspects(files.join(round_dir, "suspects.jsonl"), new_entries,
+      report_writer.write_suspects(files.join(round_dir, "suspects.jsonl"), changes,
                                    train, exp.data.label_names)
-      ledger_lib.append_round(job.ledger_path, r, rollback + new_entries)
+      ledger_lib.append_round(job.ledger_path, r, rollback + changes)
   summary["selected"] = len(selected)
+  summary["removed"] = sum(e.new_label is None for e in changes)
   summary["precision"] = (float(np.mean(train["is_corrupted"][selected]))
                           if len(selected) else None)
   validation_logits = (ctx.validation_logits if ctx is not None

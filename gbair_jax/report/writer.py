@@ -109,6 +109,7 @@ def write_report(output_dir: str, report: dict, label_names) -> None:
   files.write_json(files.join(output_dir, "report.json"), report)  # NaN -> null
   figures = plots.plot_report(output_dir, report)
   changed = sum(r["selected"] for r in report["rounds"])
+  removed = sum(r.get("removed", 0) for r in report["rounds"])  # run.action relabel_or_remove
   true_changes = sum(round(r["selected"] * r["precision"]) for r in report["rounds"]
                      if r.get("precision") is not None)
   md = [f"# G-BAIR report: {report['task']}", "",
@@ -116,7 +117,9 @@ def write_report(output_dir: str, report: dict, label_names) -> None:
         f"{report['num_train']} training examples, {report['num_corrupted']} corrupted; "
         f"labels: {', '.join(label_names)}.", "",
         format_table(report), "", THRESHOLD_NOTE, "",
-        f"Labels changed over all rounds: {changed}, of which truly corrupted: {true_changes}"
+        f"Labels changed over all rounds: {changed}"
+        + (f" ({removed} of them by removing the example)" if removed else "")
+        + f", of which truly corrupted: {true_changes}"
         + (f" ({true_changes / changed:.0%})." if changed else ".") + _rollback_note(report),
         f"Share of the test AUC lost to corruption that the final round recovered: "
         f"{_fmt(report['recovered_share_of_lost_auc'])}.", ""]
