@@ -313,7 +313,8 @@ def _run_seeds(output_dir: str, strategies: list[str], seeds: list[int],
       experiment = dataclasses.replace(
           experiment, data=load_data(sequence_length=experiment.sequence_length))
     if distributed.is_primary():
-      print(f"benchmark: corruption seed {seed} ({len(strategies)} strategies)", flush=True)
+      count = f"{len(strategies)} {'strategy' if len(strategies) == 1 else 'strategies'}"
+      print(f"benchmark: corruption seed {seed} ({count})", flush=True)
     seed_dir = files.join(output_dir, f"seed_{seed}")
     results = compare_lib.compare(seed_dir, strategies, experiment=experiment, progress=False)
     train_source = experiment.data.splits["train"]
