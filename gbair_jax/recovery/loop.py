@@ -51,6 +51,7 @@ from gbair_jax.recovery import tracin_strategies
 from gbair_jax.recovery import training_dynamics  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery import vote_calibration  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery import vote_counted  # noqa: F401  pylint: disable=unused-import
+from gbair_jax.recovery import vote_gated_loss  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery.registry import get_strategy
 from gbair_jax.report import writer as report_writer
 from gbair_jax.review import decisions as review_decisions
