@@ -119,6 +119,14 @@ def test_markdown_counts_the_paired_runs(seeds, phrase):
   assert phrase in benchmark_writer.format_markdown(_summary(True, seeds))
 
 
+@pytest.mark.parametrize("pending,phrase", [([119], "seed 119 not run yet"),
+                                            ([118, 119], "seeds 118, 119 not run yet")])
+def test_markdown_names_the_pending_seeds(pending, phrase):
+  from gbair_jax.report import benchmark_writer  # pylint: disable=g-import-not-at-top
+  summary = {**_summary(True, (115,)), "seeds_pending": pending}
+  assert f"**In progress**: {phrase}" in benchmark_writer.format_markdown(summary)
+
+
 def _config_str(bindings: str) -> str:
   import gin
   import gbair_jax.recovery.benchmark  # noqa: F401  pylint: disable=unused-import,redefined-outer-name
@@ -235,7 +243,7 @@ def test_tiny_suite_end_to_end(tiny_suite, tmp_path, monkeypatch):
   partial = json.load(open(os.path.join(out, "benchmark.json")))
   assert partial["seeds"] == [1, 2] and partial["seeds_pending"] == [5]
   assert partial["runs"] == runs
-  assert "**In progress**: seeds 5 not run yet" in open(os.path.join(out, "benchmark.md")).read()
+  assert "**In progress**: seed 5 not run yet" in open(os.path.join(out, "benchmark.md")).read()
   # A rerun may list another seed list and more strategies, the new one first: the
   # finished runs resume as they were, and the new one starts from the same round 0.
   config_lib.parse_gin([tiny_suite], ["benchmark.strategies = ['random', 'loss', 'confident_learning']"])

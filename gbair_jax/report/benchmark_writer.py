@@ -43,9 +43,11 @@ def format_markdown(summary: dict) -> str:
   runs = len(summary["seeds"])
   lines.append(f"Corruption seeds: {seeds} ({runs} paired run{'s' if runs != 1 else ''} per "
                f"strategy; {shared} trained once per seed and shared).")
-  if summary.get("seeds_pending"):
-    lines.append(f"**In progress**: seeds {', '.join(map(str, summary['seeds_pending']))} not "
-                 "run yet; every number below covers the seeds done only.")
+  pending = summary.get("seeds_pending") or []
+  if pending:
+    lines.append(f"**In progress**: seed{'s' if len(pending) != 1 else ''} "
+                 f"{', '.join(map(str, pending))} not run yet; every number below covers the "
+                 "seeds done only.")
   if summary.get("development_seeds"):
     lines.append(f"Seeds below 100 ({', '.join(map(str, summary['development_seeds']))}) are "
                  "development seeds: a smoke test or for tuning, not results to report.")
