@@ -351,3 +351,30 @@ def test_every_suite_parses_with_and_without_quick(suite):
       assert all(s >= 100 for s in seeds), "suites report on seeds >= 100"
     assert "loss" in gin.query_parameter("benchmark.strategies")
     gin.clear_config()
+
+
+def test_fix_value_reads_a_benchmarks_first_rounds(tmp_path):
+  from benchmarks import fix_value  # pylint: disable=g-import-not-at-top
+  seed = tmp_path / "seed_7"
+  losses = {10: 0.1, 11: 0.9, 12: 0.5, 13: 0.7}  # percentiles 0, .75, .25, .5
+  changes = {"loss": [(11, True), (13, False)], "vote": [(12, True), (10, True), (13, False)]}
+  for strategy, picked in changes.items():
+    run = seed / strategy
+    (run / "round_0").mkdir(parents=True)
+    (run / "round_0" / "suspects.jsonl").write_text("".join(
+        json.dumps({"example_id": i, "was_corrupted": c}) + "\n" for i, c in picked))
+    auc = {"loss": 0.80, "vote": 0.75}[strategy]
+    (run / "report.json").write_text(json.dumps({"rounds": [{"test": {"auc": 0.7}},
+                                                            {"test": {"auc": auc}}]}))
+  np.savez(seed / "loss" / "round_0" / "scores.npz", example_id=np.array(list(losses)),
+           score=np.array(list(losses.values())))
+  stage = seed / "vote" / "references" / "unchanged_labels" / "stage_1"
+  stage.mkdir(parents=True)
+  (stage / "metrics.json").write_text(json.dumps({"test": {"auc": 0.72}}))
+  got = fix_value.fix_value(str(tmp_path))
+  assert got["loss"]["seeds"]["seed_7"] == pytest.approx(
+      {"right": 1, "wrong": 1, "right_loss_percentile": 0.75, "wrong_loss_percentile": 0.5,
+       "round1_minus_unchanged_auc": 0.08})
+  vote = got["vote"]["mean"]
+  assert (vote["right"], vote["right_loss_percentile"]) == (2, pytest.approx(0.125))
+  assert vote["round1_minus_unchanged_auc"] == pytest.approx(0.03)
