@@ -387,6 +387,7 @@ def test_resumed_run_trains_on_the_decisions(served, run_dir, monkeypatch):
   assert {k: round0["review"][k] for k in ("accept", "reject", "relabel", "drop")} == {
       "accept": 1, "reject": 1, "relabel": 1, "drop": 1}
   assert round0["review"]["undecided"] == NUM_SUSPECTS - 4
+  assert round0["removed"] == 1  # the drop (the accepted proposal was a relabel)
   audit = [json.loads(l) for l in open(os.path.join(run_dir, "round_0", "suspects.jsonl"))]
   assert [r["strategy"] for r in audit] == ["human:accept", "human:reject", "human:relabel",
                                            "human:drop"]

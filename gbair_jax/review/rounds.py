@@ -78,15 +78,17 @@ def reviewed_round(round_dir: str, proposals: dict, entries, train: dict, train_
   row_of = {int(i): n for n, i in enumerate(train["example_id"])}
   suspects = proposals["suspects"]
   selected = np.array([row_of[int(s["example_id"])] for s in suspects], np.int64)
+  states = decisions_lib.round_decisions(entries, r)
   if write:
     score_of = {int(s["example_id"]): float(s["score"]) for s in suspects}
     decided = [LedgerEntry(round=r, example_id=i, old_label=int(train["label"][row_of[i]]),
                            new_label=state["label"], score=score_of.get(i),
                            strategy=f"{decisions_lib.HUMAN}:{state['decision']}")
-               for i, state in decisions_lib.round_decisions(entries, r).items()]
+               for i, state in states.items()]
     report_writer.write_suspects(files.join(round_dir, "suspects.jsonl"), decided, train,
                                  proposals["label_names"])
   return {"selected": len(selected),
+          "removed": sum(state["label"] is None for state in states.values()),  # dropped
           "precision": float(np.mean(train["is_corrupted"][selected])) if len(selected) else None,
           "num_misclassified_validation": proposals["num_misclassified_validation"],
           "seconds": dict(proposals["seconds"]),
