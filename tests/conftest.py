@@ -30,3 +30,13 @@ def paused_review_run(tmp_path_factory):
   """A tiny run paused for review at round 0 (tests/review_helpers.py); copy before use."""
   from tests.review_helpers import build_paused_run  # pylint: disable=g-import-not-at-top
   return build_paused_run(tmp_path_factory.mktemp("review"))
+
+
+@pytest.fixture(scope="session")
+def binary_initial_context():
+  """A strategy's RoundContext on a tiny binary experiment (24 training examples, 6 flipped)
+  at its untrained initial prompt: for strategies that combine others, without training."""
+  from tests.helpers import (initial_prompt_context, synthetic_split,  # pylint: disable=g-import-not-at-top
+                             tiny_experiment)
+  exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=24, corrupt=6)
+  return initial_prompt_context(exp)

@@ -7,7 +7,6 @@ import pytest
 from gbair_jax.errors import UserError
 from gbair_jax.recovery import embedding_vote, rank_fusion, registry, strategies
 from gbair_jax.recovery.registry import get_strategy
-from tests.helpers import initial_prompt_context, synthetic_split, tiny_experiment
 
 
 def _rank_by_definition(scores, i):
@@ -41,10 +40,9 @@ def test_fuse_is_the_weighted_mean_of_ranks_and_weights_move_the_top():
   np.testing.assert_array_equal(np.argsort(-heavy)[:10], np.argsort(-first)[:10])
 
 
-@pytest.fixture(scope="module")
-def context():
-  exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=24, corrupt=6)
-  return initial_prompt_context(exp)
+@pytest.fixture
+def context(binary_initial_context):
+  return binary_initial_context
 
 
 def test_the_default_fuses_the_embedding_vote_with_loss(context):

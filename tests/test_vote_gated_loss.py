@@ -7,7 +7,6 @@ import pytest
 from gbair_jax.errors import UserError
 from gbair_jax.recovery import embedding_vote, registry, strategies, vote_gated_loss
 from gbair_jax.recovery.registry import get_strategy
-from tests.helpers import initial_prompt_context, synthetic_split, tiny_experiment
 
 
 def test_gated_keeps_the_loss_only_where_the_vote_passes():
@@ -17,10 +16,9 @@ def test_gated_keeps_the_loss_only_where_the_vote_passes():
   assert np.argmax(got) == 0
 
 
-@pytest.fixture(scope="module")
-def context():
-  exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=24, corrupt=6)
-  return initial_prompt_context(exp)
+@pytest.fixture
+def context(binary_initial_context):
+  return binary_initial_context
 
 
 def test_the_default_gates_the_loss_by_the_embedding_vote(context):
