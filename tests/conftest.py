@@ -33,10 +33,10 @@ def paused_review_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def binary_initial_context():
+def strategy_context():
   """A strategy's RoundContext on a tiny binary experiment (24 training examples, 6 flipped)
   at its untrained initial prompt: for strategies that combine others, without training."""
-  from tests.helpers import (initial_prompt_context, synthetic_split,  # pylint: disable=g-import-not-at-top
-                             tiny_experiment)
+  # pylint: disable-next=g-import-not-at-top
+  from tests.helpers import initial_prompt_context, synthetic_split, tiny_experiment
   exp = tiny_experiment(("negative", "positive"), synthetic_split, num_train=24, corrupt=6)
   return initial_prompt_context(exp)

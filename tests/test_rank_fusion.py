@@ -40,31 +40,26 @@ def test_fuse_is_the_weighted_mean_of_ranks_and_weights_move_the_top():
   np.testing.assert_array_equal(np.argsort(-heavy)[:10], np.argsort(-first)[:10])
 
 
-@pytest.fixture
-def context(binary_initial_context):
-  return binary_initial_context
-
-
-def test_the_default_fuses_the_embedding_vote_with_loss(context):
-  got = get_strategy("rank_fusion")(context)
-  vote = embedding_vote.embedding_vote_scores(context)
-  loss = strategies.current_label_losses(context)
+def test_the_default_fuses_the_embedding_vote_with_loss(strategy_context):
+  got = get_strategy("rank_fusion")(strategy_context)
+  vote = embedding_vote.embedding_vote_scores(strategy_context)
+  loss = strategies.current_label_losses(strategy_context)
   expected = [(_rank_by_definition(vote, i) + _rank_by_definition(loss, i)) / 2
               for i in range(len(vote))]
   np.testing.assert_allclose(got, expected)
 
 
-def test_members_weights_and_the_members_own_bindings_come_from_gin(context):
+def test_members_weights_and_the_members_own_bindings_come_from_gin(strategy_context):
   gin.clear_config()
   try:
     gin.parse_config("rank_fusion_strategy.members = ('class_vote_embedding', 'random')\n"
                      "rank_fusion_strategy.weights = (1, 2)\n"
                      "class_vote_embedding_strategy.neighbours = 3\n")
-    got = get_strategy("rank_fusion")(context)
+    got = get_strategy("rank_fusion")(strategy_context)
   finally:
     gin.clear_config()
-  vote = embedding_vote.embedding_vote_scores(context, neighbours=3)
-  noise = strategies.random_strategy(context)
+  vote = embedding_vote.embedding_vote_scores(strategy_context, neighbours=3)
+  noise = strategies.random_strategy(strategy_context)
   np.testing.assert_allclose(got, rank_fusion.fuse([vote, noise], [1, 2]))
 
 
@@ -77,12 +72,11 @@ def test_members_weights_and_the_members_own_bindings_come_from_gin(context):
     (("loss", "random"), (1.0, 0.0), "one positive weight per member"),
     (("loss", "random"), (1.0, True), "one positive weight per member"),
 ])
-def test_settings_that_cannot_fuse_are_refused_before_any_member_runs(context, members,
-                                                                       weights, message,
-                                                                       monkeypatch):
+def test_settings_that_cannot_fuse_are_refused_before_any_member_runs(
+    strategy_context, members, weights, message, monkeypatch):
   calls = []
   for name in ("loss", "random"):
     monkeypatch.setitem(registry.STRATEGIES, name, lambda ctx, name=name: calls.append(name))
   with pytest.raises(UserError, match=message):
-    rank_fusion.rank_fusion_strategy(context, members=members, weights=weights)
+    rank_fusion.rank_fusion_strategy(strategy_context, members=members, weights=weights)
   assert calls == []  # no member ran (each may take minutes on a real run)

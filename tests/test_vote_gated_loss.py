@@ -16,29 +16,24 @@ def test_gated_keeps_the_loss_only_where_the_vote_passes():
   assert np.argmax(got) == 0
 
 
-@pytest.fixture
-def context(binary_initial_context):
-  return binary_initial_context
-
-
-def test_the_default_gates_the_loss_by_the_embedding_vote(context):
-  got = get_strategy("vote_gated_loss")(context)
-  vote = embedding_vote.embedding_vote_scores(context)
-  loss = strategies.current_label_losses(context)
+def test_the_default_gates_the_loss_by_the_embedding_vote(strategy_context):
+  got = get_strategy("vote_gated_loss")(strategy_context)
+  vote = embedding_vote.embedding_vote_scores(strategy_context)
+  loss = strategies.current_label_losses(strategy_context)
   assert 0 < np.sum(vote > 0) < len(vote)  # the tiny data exercise both sides of the gate
   np.testing.assert_array_equal(np.isfinite(got), vote > 0)
   np.testing.assert_allclose(got[vote > 0], loss[vote > 0])
 
 
-def test_the_vote_its_bindings_and_the_threshold_come_from_gin(context):
+def test_the_vote_its_bindings_and_the_threshold_come_from_gin(strategy_context):
   gin.clear_config()
   try:
     gin.parse_config("vote_gated_loss_strategy.min_vote = 0.5\n"
                      "vote_gated_loss_strategy.vote = 'random'\n")
-    got = get_strategy("vote_gated_loss")(context)
+    got = get_strategy("vote_gated_loss")(strategy_context)
   finally:
     gin.clear_config()
-  noise = strategies.random_strategy(context)
+  noise = strategies.random_strategy(strategy_context)
   np.testing.assert_array_equal(np.isfinite(got), noise > 0.5)
 
 
@@ -48,10 +43,10 @@ def test_the_vote_its_bindings_and_the_threshold_come_from_gin(context):
     ("random", float("nan"), "min_vote = nan: must be a finite number"),
     ("random", True, "min_vote = True"),
 ])
-def test_settings_that_cannot_gate_are_refused_before_the_vote_runs(context, vote, min_vote,
-                                                                   message, monkeypatch):
+def test_settings_that_cannot_gate_are_refused_before_the_vote_runs(
+    strategy_context, vote, min_vote, message, monkeypatch):
   calls = []
   monkeypatch.setitem(registry.STRATEGIES, "random", lambda ctx: calls.append("random"))
   with pytest.raises(UserError, match=message):
-    vote_gated_loss.vote_gated_loss_strategy(context, vote=vote, min_vote=min_vote)
+    vote_gated_loss.vote_gated_loss_strategy(strategy_context, vote=vote, min_vote=min_vote)
   assert calls == []

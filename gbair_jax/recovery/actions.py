@@ -71,8 +71,11 @@ def act(action: str, selected: np.ndarray, train: dict[str, np.ndarray], train_l
   if action not in ACTIONS:
     raise UserError(f"recovery action '{action}' is unknown (expected one of "
                     f"{', '.join(ACTIONS)})")
-  relabeled = {"relabel": len(selected), "remove": 0}.get(action)
-  if relabeled is None:
+  if action == "relabel":
+    relabeled = len(selected)
+  elif action == "remove":
+    relabeled = 0
+  else:  # relabel_or_remove: the best-ranked share, the rest removed
     relabeled = relabel_tier(len(selected))
   entries = []
   for rank, i in enumerate(selected):

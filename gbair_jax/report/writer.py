@@ -109,7 +109,8 @@ def write_report(output_dir: str, report: dict, label_names) -> None:
   files.write_json(files.join(output_dir, "report.json"), report)  # NaN -> null
   figures = plots.plot_report(output_dir, report)
   changed = sum(r["selected"] for r in report["rounds"])
-  removed = sum(r.get("removed", 0) for r in report["rounds"])  # run.action relabel_or_remove
+  # Removals (run.action remove or relabel_or_remove, a reviewer's drops); older runs: none.
+  removed = sum(r.get("removed", 0) for r in report["rounds"])
   true_changes = sum(round(r["selected"] * r["precision"]) for r in report["rounds"]
                      if r.get("precision") is not None)
   md = [f"# G-BAIR report: {report['task']}", "",
