@@ -11,7 +11,7 @@ from gbair_jax.data.ledger import read_ledger
 from gbair_jax.errors import UserError
 from gbair_jax.models.bert import tiny_bert
 from gbair_jax.models.classifier import build_classifier
-from gbair_jax.recovery import actions, loop
+from gbair_jax.recovery import actions, class_budgets, loop
 from gbair_jax.train.experiment import Experiment
 from tests.helpers import synthetic_split, synthetic_three_class_split
 
@@ -136,6 +136,28 @@ def test_loss_rounds_write_ledger_and_report(experiment, tmp_path):
   suspects = [json.loads(l) for l in open(os.path.join(out, "round_0/suspects.jsonl"))]
   assert {s["example_id"] for s in suspects} == {e.example_id for e in ledger if e.round == 0}
   assert all(s["text"] for s in suspects)
+
+
+@pytest.mark.parametrize("noisy_class", [0, 1])
+def test_per_class_budgets_reach_the_rounds_through_gin(experiment, tmp_path, monkeypatch,
+                                                        noisy_class):
+  # The estimate says all the noise is in one class: every change must come from it, in
+  # both directions (one global ranking would mix the classes).
+  monkeypatch.setattr(class_budgets, "estimated_wrong_per_class",
+                      lambda labels, probs: np.eye(2)[noisy_class])
+  gin.parse_config("per_class_budgets.enabled = True")
+  out = str(tmp_path / "run")
+  loop.run(out, num_rounds=1, strategy="loss", references=(), experiment=experiment,
+           progress=False)
+  ledger = read_ledger(os.path.join(out, "ledger.jsonl"))
+  assert len(ledger) == 6 and {e.old_label for e in ledger} == {noisy_class}
+
+
+def test_a_bad_per_class_budgets_binding_is_refused_before_work(experiment, tmp_path):
+  gin.parse_config("per_class_budgets.enabled = 'yes'")
+  with pytest.raises(UserError, match="per_class_budgets.enabled = 'yes'"):
+    loop.run(str(tmp_path / "run"), experiment=experiment, progress=False)
+  assert not os.path.exists(tmp_path / "run")
 
 
 def test_rerun_reuses_finished_rounds_and_refuses_other_config(experiment, tmp_path):

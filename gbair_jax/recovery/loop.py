@@ -39,6 +39,7 @@ from gbair_jax.data import ledger as ledger_lib
 from gbair_jax.data.ledger import apply_ledger, read_ledger
 from gbair_jax.errors import UserError
 from gbair_jax.recovery import actions
+from gbair_jax.recovery import class_budgets
 from gbair_jax.recovery import gate as gate_lib
 from gbair_jax.recovery.context import RoundContext, with_extra_rows
 # The built-in strategies register themselves (and their gin configurables) on import.
@@ -63,6 +64,7 @@ from gbair_jax.train import checkpoints
 from gbair_jax.train import ensemble
 from gbair_jax.train.experiment import (Experiment, build_experiment, check_output_dir_free,
                                         claim_output_dir)
+from gbair_jax.train.metrics import softmax
 from gbair_jax.train.trainer import predict_logits, train_prompt
 
 LEDGER_FILE = ledger_lib.FILE_NAME
@@ -197,6 +199,7 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
   selection_count = actions.selection_size(len(train_source["label"]))
   if action == "relabel_or_remove":
     actions.relabel_tier(selection_count)  # a bad relabel_share is refused before any work
+  by_class = class_budgets.per_class_budgets()
   if progress:
     for line in describe_lib.format_rows_read(exp.data.rows_read):
       print(line, flush=True)
@@ -207,7 +210,7 @@ def run(output_dir: str, num_rounds: int = 2, strategy: str = "tracin_opponents"
     settings = _Settings(output_dir=output_dir, exp=exp, splits=splits, num_rounds=num_rounds,
                          strategy=strategy, strategy_fn=strategy_fn, action=action,
                          retrain=retrain, gate=gate_config, primary=primary, progress=progress,
-                         review=review, resume_command=resume_command,
+                         review=review, resume_command=resume_command, by_class=by_class,
                          extra_train=splits["validation"] if train_on_validation else None)
     outcome = _rounds(settings, selection_count)
     if isinstance(outcome, dict):  # paused for review: no report until the run goes on
@@ -253,6 +256,7 @@ class _Settings:
   progress: bool
   review: bool
   resume_command: str | None
+  by_class: bool = False           # gin per_class_budgets.enabled (recovery/class_budgets.py)
   extra_train: dict | None = None  # run.train_on_validation: clean rows every training adds
 
   @property
@@ -437,7 +441,9 @@ def _select_round(job: _Settings, result, summary: dict, entries: list, rollback
     train_logits = (ctx.train_logits if ctx is not None else
                     predict_logits(exp.spec, prompt, exp.frozen, train, mesh=exp.mesh))
     ever_changed = np.isin(train["example_id"], [e.example_id for e in entries + rollback])
-    selected = actions.select_suspects(scores, state.budget, exclude=ever_changed)
+    selected = class_budgets.select_suspects_by_class(
+        scores, train["label"], softmax(train_logits), state.budget, exclude=ever_changed,
+        by_class=job.by_class)
     changes = actions.act(job.action, selected, train, train_logits, scores, r, job.strategy)
     if pause and len(selected):
       path = review_rounds.pause_for_review(
