@@ -1,14 +1,11 @@
 """Per-class budgets (recovery/class_budgets.py): the split by hand, the noise estimate on
-probabilities built to have it, the selection, and the switch through gin in a real run."""
-import os
-
-import gin
+probabilities built to have it, the selection, and the switch's check (the switch in a real
+run through gin: tests/test_recovery.py)."""
 import numpy as np
 import pytest
 
-from gbair_jax.data.ledger import read_ledger
 from gbair_jax.errors import UserError
-from gbair_jax.recovery import actions, class_budgets, loop
+from gbair_jax.recovery import actions, class_budgets
 
 
 @pytest.mark.parametrize("weights,count,expected", [
