@@ -11,7 +11,7 @@ from gbair_jax.data.ledger import read_ledger
 from gbair_jax.errors import UserError
 from gbair_jax.models.bert import tiny_bert
 from gbair_jax.models.classifier import build_classifier
-from gbair_jax.recovery import actions, class_budgets, loop
+from gbair_jax.recovery import actions, class_budgets, loop, registry, strategies
 from gbair_jax.train.experiment import Experiment
 from tests.helpers import synthetic_split, synthetic_three_class_split
 
@@ -151,6 +151,18 @@ def test_per_class_budgets_reach_the_rounds_through_gin(experiment, tmp_path, mo
            progress=False)
   ledger = read_ledger(os.path.join(out, "ledger.jsonl"))
   assert len(ledger) == 6 and {e.old_label for e in ledger} == {noisy_class}
+
+
+def test_strategies_see_the_round_they_score(experiment, tmp_path, monkeypatch):
+  # vote_then_loss switches on the round index: each round's context must carry its own.
+  seen = []
+  def recording(ctx):
+    seen.append(ctx.round_index)
+    return strategies.random_strategy(ctx)
+  monkeypatch.setitem(registry.STRATEGIES, "recording", recording)
+  loop.run(str(tmp_path / "run"), num_rounds=2, strategy="recording", references=(),
+           experiment=experiment, progress=False)
+  assert seen == [0, 1]
 
 
 def test_a_bad_per_class_budgets_binding_is_refused_before_work(experiment, tmp_path):

@@ -40,6 +40,7 @@ class RoundContext:
   in_run: InRunResult | None = None
   dynamics: TrainingDynamics | None = None
   round_dir: str | None = None                   # where a strategy may keep its own runs
+  round_index: int = 0                           # 0: round 0's model (the labels as given)
   # run.train_on_validation: clean examples that joined every training run (after `train`,
   # never candidates). A strategy that trains prompts of its own trains on them too.
   extra_train: Arrays | None = None

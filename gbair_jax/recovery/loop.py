@@ -53,6 +53,7 @@ from gbair_jax.recovery import training_dynamics  # noqa: F401  pylint: disable=
 from gbair_jax.recovery import vote_calibration  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery import vote_counted  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery import vote_gated_loss  # noqa: F401  pylint: disable=unused-import
+from gbair_jax.recovery import vote_then_loss  # noqa: F401  pylint: disable=unused-import
 from gbair_jax.recovery.registry import get_strategy
 from gbair_jax.report import writer as report_writer
 from gbair_jax.review import decisions as review_decisions
@@ -482,7 +483,7 @@ def _round_context(job: _Settings, result, train: dict, r: int) -> RoundContext:
       validation_logits=_validation_logits(job, result),
       seed=r, progress=job.progress, mesh=exp.mesh, in_run=result.in_run,
       dynamics=result.in_run.dynamics if result.in_run is not None else None,
-      round_dir=round_dir, extra_train=job.extra_train)
+      round_dir=round_dir, round_index=r, extra_train=job.extra_train)
 
 
 def _validation_logits(job: _Settings, result) -> np.ndarray:
