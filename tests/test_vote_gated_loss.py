@@ -38,7 +38,7 @@ def test_the_vote_its_bindings_and_the_threshold_come_from_gin(strategy_context)
 
 
 @pytest.mark.parametrize("vote,min_vote,message", [
-    ("vote_gated_loss", 0.0, "cannot gate itself"),
+    ("vote_gated_loss", 0.0, "names vote_gated_loss itself"),
     ("no_such_strategy", 0.0, "vote_gated_loss_strategy.vote: recovery strategy 'no_such"),
     ("random", float("nan"), "min_vote = nan: must be a finite number"),
     ("random", True, "min_vote = True"),

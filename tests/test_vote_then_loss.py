@@ -43,7 +43,7 @@ def test_no_vote_rounds_is_plain_loss(strategy_context):
 
 
 @pytest.mark.parametrize("vote,vote_rounds,message", [
-    ("vote_then_loss", 1, "cannot vote for itself"),
+    ("vote_then_loss", 1, "names vote_then_loss itself"),
     ("no_such_strategy", 1, "vote_then_loss_strategy.vote: recovery strategy 'no_such"),
     ("random", -1, "vote_rounds = -1: must be an integer >= 0"),
     ("random", 1.5, "vote_rounds = 1.5"),

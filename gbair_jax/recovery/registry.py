@@ -31,3 +31,14 @@ def get_strategy(name: str) -> Strategy:
     raise UserError(f"recovery strategy '{name}' is unknown (expected one of: "
                     f"{', '.join(sorted(STRATEGIES))})")
   return STRATEGIES[name]
+
+
+def get_named_strategy(binding: str, name: str, caller: str) -> Strategy:
+  """The strategy that a combining strategy's gin `binding` names (`caller`: the combining
+  strategy's own name, which would recurse forever); errors say the binding."""
+  if name == caller:
+    raise UserError(f"{binding} = {name!r}: names {caller} itself")
+  try:
+    return get_strategy(name)
+  except UserError as e:
+    raise UserError(f"{binding}: {e}") from None

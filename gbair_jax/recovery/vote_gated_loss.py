@@ -24,7 +24,7 @@ import numpy as np
 from gbair_jax.errors import UserError
 from gbair_jax.recovery import strategies
 from gbair_jax.recovery.context import RoundContext
-from gbair_jax.recovery.registry import get_strategy, register
+from gbair_jax.recovery.registry import get_named_strategy, register
 
 
 def gated(vote_scores: np.ndarray, losses: np.ndarray, min_vote: float) -> np.ndarray:
@@ -37,13 +37,8 @@ def gated(vote_scores: np.ndarray, losses: np.ndarray, min_vote: float) -> np.nd
 def vote_gated_loss_strategy(ctx: RoundContext, vote: str = "class_vote_embedding",
                              min_vote: float = 0.0) -> np.ndarray:
   """Loss ranking among the examples the `vote` strategy scores above `min_vote`."""
-  if vote == "vote_gated_loss":
-    raise UserError("vote_gated_loss_strategy.vote = 'vote_gated_loss': cannot gate itself")
   if isinstance(min_vote, bool) or not isinstance(min_vote, (int, float)) or not np.isfinite(
       min_vote):
     raise UserError(f"vote_gated_loss_strategy.min_vote = {min_vote!r}: must be a finite number")
-  try:
-    vote_fn = get_strategy(vote)
-  except UserError as e:  # said with the binding that named it
-    raise UserError(f"vote_gated_loss_strategy.vote: {e}") from None
+  vote_fn = get_named_strategy("vote_gated_loss_strategy.vote", vote, "vote_gated_loss")
   return gated(vote_fn(ctx), strategies.current_label_losses(ctx), float(min_vote))

@@ -19,7 +19,7 @@ import numpy as np
 from gbair_jax.errors import UserError
 from gbair_jax.recovery import strategies
 from gbair_jax.recovery.context import RoundContext
-from gbair_jax.recovery.registry import get_strategy, register
+from gbair_jax.recovery.registry import get_named_strategy, register
 
 
 @register("vote_then_loss")
@@ -30,12 +30,7 @@ def vote_then_loss_strategy(ctx: RoundContext, vote: str = "class_vote_embedding
   if isinstance(vote_rounds, bool) or not isinstance(vote_rounds, int) or vote_rounds < 0:
     raise UserError(f"vote_then_loss_strategy.vote_rounds = {vote_rounds!r}: must be an "
                     "integer >= 0")
-  if vote == "vote_then_loss":
-    raise UserError("vote_then_loss_strategy.vote = 'vote_then_loss': cannot vote for itself")
-  try:
-    vote_fn = get_strategy(vote)
-  except UserError as e:  # said with the binding that named it
-    raise UserError(f"vote_then_loss_strategy.vote: {e}") from None
+  vote_fn = get_named_strategy("vote_then_loss_strategy.vote", vote, "vote_then_loss")
   if ctx.round_index < vote_rounds:
     return vote_fn(ctx)
   return strategies.current_label_losses(ctx)
