@@ -8,6 +8,10 @@ examples of nearly the same list, at lower precision (0.75 and 0.70 in round 0, 
 corrected labels (0.70 in round 1 on both seeds). The vote is most useful where the model
 is most misled, on the labels as given; afterwards the model itself knows more.
 
+Measured there (docs/BENCHMARKS.md, "The vote first, then the loss"): no gain. On the
+default's own round-1 model the loss picked as many wrong labels as the vote (50 against 50
+over the two seeds); `loss`'s better second rounds come from its own run. Selectable, off.
+
 Rounds before `vote_rounds` use the `vote` strategy (any registered one, with its own gin
 bindings); later rounds rank by the training loss at the round's model, as `loss` does.
 """
