@@ -378,3 +378,69 @@ def test_fix_value_reads_a_benchmarks_first_rounds(tmp_path):
   vote = got["vote"]["mean"]
   assert (vote["right"], vote["right_loss_percentile"]) == (2, pytest.approx(0.125))
   assert vote["round1_minus_unchanged_auc"] == pytest.approx(0.03)
+
+
+def _setting(tmp_path, suite: str, default_lead: float, classes: int = 2,
+             below_round0: int = 0, recovered: float | None = None, baselines=("loss", "confident_learning")):
+  """A finished benchmark directory of `suite` over five seeds whose default strategy leads
+  each baseline by `default_lead` (plus a per-seed wobble), written through the real summarize."""
+  seeds = [110, 111, 112, 113, 114]
+  strategies = [benchmark.default_strategy(), *baselines]
+  wobble = [0.004, -0.003, 0.002, -0.001, 0.0]
+  runs = {s: {name: {"final_test_auc": 0.80 + (default_lead + wobble[k] if i == 0 else 0.0),
+                     "round0_test_auc": 0.78, "recovered_share": recovered if i == 0 else None,
+                     "final_not_below_round0": not (i == 0 and k < below_round0)}
+                 for i, name in enumerate(strategies)} for k, s in enumerate(seeds)}
+  data = types.SimpleNamespace(task=suite, label_names=tuple("abc"[:classes]))
+  out = tmp_path / suite
+  out.mkdir()
+  (out / "benchmark.json").write_text(json.dumps(
+      benchmark.summarize(runs, strategies, seeds, suite, data, num_resamples=200)))
+  return str(out)
+
+
+def test_issue_targets_judges_every_target(tmp_path, capsys):
+  from benchmarks import issue_targets  # pylint: disable=g-import-not-at-top
+  dirs = [_setting(tmp_path, "insults_uniform", 0.02, recovered=0.84),
+          _setting(tmp_path, "insults_class_conditional", 0.02),
+          _setting(tmp_path, "insults_instance_dependent", 0.01),
+          _setting(tmp_path, "rotten_tomatoes_uniform", 0.0),
+          _setting(tmp_path, "tweets_uniform", 0.0, classes=3)]
+  rows = [issue_targets.setting_row(issue_targets.load(d)) for d in dirs]
+  assert issue_targets.verdicts(rows) == {
+      "mean_at_or_above_baselines": "met", "intervals_above_zero": "met",
+      "recovered_share": "met", "no_run_below_round0": "met",
+      "settings_with_intervals_above_zero": 3, "missing_settings": []}
+  issue_targets.main(dirs + ["--markdown"])
+  printed = capsys.readouterr().out
+  assert "| insults_uniform (fresh; 110,111,112,113,114) | 0.820 | 0.800 | 0.800 |" in printed
+  assert json.loads(printed.splitlines()[-1])["verdicts"]["intervals_above_zero"] == "met"
+
+  # Each target fails on its own: a setting behind a baseline, a run below round 0, too
+  # little recovered, only two settings clear of zero.
+  (tmp_path / "f").mkdir()
+  failing = [_setting(tmp_path / "f", "insults_uniform", 0.02, recovered=0.7, below_round0=1),
+             _setting(tmp_path / "f", "insults_class_conditional", 0.02),
+             _setting(tmp_path / "f", "insults_instance_dependent", 0.0),
+             _setting(tmp_path / "f", "rotten_tomatoes_uniform", -0.01),
+             _setting(tmp_path / "f", "tweets_uniform", 0.0, classes=3)]
+  verdicts = issue_targets.verdicts([issue_targets.setting_row(issue_targets.load(d))
+                                     for d in failing])
+  assert [verdicts[k] for k in ("mean_at_or_above_baselines", "intervals_above_zero",
+                                "recovered_share", "no_run_below_round0")] == ["not met"] * 4
+
+
+def test_issue_targets_leaves_what_was_not_run_undecided(tmp_path):
+  from benchmarks import issue_targets  # pylint: disable=g-import-not-at-top
+  # Two settings, both clear of zero where measured, one without confident learning and no
+  # clean reference: nothing is decided yet, and the missing settings are named.
+  dirs = [_setting(tmp_path, "insults_uniform", 0.02),
+          _setting(tmp_path, "rotten_tomatoes_uniform", 0.02, baselines=("loss",))]
+  verdicts = issue_targets.verdicts([issue_targets.setting_row(issue_targets.load(d))
+                                     for d in dirs])
+  assert verdicts["missing_settings"] == ["insults_class_conditional", "insults_instance_dependent",
+                                          "a task with more than two classes"]
+  assert {verdicts[k] for k in ("mean_at_or_above_baselines", "intervals_above_zero",
+                                "recovered_share", "no_run_below_round0")} == {"not measured"}
+  with pytest.raises(SystemExit, match="nothing_here/benchmark.json does not exist"):
+    issue_targets.load(str(tmp_path / "nothing_here"))
