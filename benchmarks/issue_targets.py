@@ -31,6 +31,7 @@ import sys
 BASELINES = ("loss", "confident_learning")
 RECOVERED_SHARE_SUITE, RECOVERED_SHARE_TARGET = "insults_uniform", 0.8
 SETTINGS_WITH_INTERVALS_ABOVE_ZERO = 3
+MIN_SEEDS = 5  # "on the suite over 5 seeds"
 # The settings the issue names; "more than two classes" is any suite of a task with three or more.
 REQUIRED_SUITES = ("insults_uniform", "insults_class_conditional", "insults_instance_dependent",
                    "rotten_tomatoes_uniform")
@@ -110,6 +111,8 @@ def verdicts(rows: list[dict]) -> dict:
       else:
         at_or_above.append(mine >= row["mean"][base])
     lows = [(row["paired"][base] or {}).get("ci95", [None])[0] for base in BASELINES]
+    if len(row["seeds"]) < MIN_SEEDS:  # the targets are over five seeds: too few decide nothing
+      lows = [None if low is not None and low > 0 else low for low in lows]
     if all(low is not None and low > 0 for low in lows):
       intervals_above_zero += 1
     elif all(low is None or low > 0 for low in lows):

@@ -442,5 +442,14 @@ def test_issue_targets_leaves_what_was_not_run_undecided(tmp_path):
                                           "a task with more than two classes"]
   assert {verdicts[k] for k in ("mean_at_or_above_baselines", "intervals_above_zero",
                                 "recovered_share", "no_run_below_round0")} == {"not measured"}
+  # An interval above zero from fewer than five seeds does not count.
+  row = issue_targets.setting_row(issue_targets.load(dirs[0]))
+  assert issue_targets.verdicts([row] * 3 + [dict(row, suite="rotten_tomatoes_uniform"),
+                                             dict(row, suite="t", classes=3)]
+                                )["intervals_above_zero"] == "met"
+  row["seeds"] = row["seeds"][:2]
+  assert issue_targets.verdicts([row] * 3 + [dict(row, suite="rotten_tomatoes_uniform"),
+                                             dict(row, suite="t", classes=3)]
+                                )["intervals_above_zero"] == "not measured"
   with pytest.raises(SystemExit, match="nothing_here/benchmark.json does not exist"):
     issue_targets.load(str(tmp_path / "nothing_here"))
