@@ -28,7 +28,8 @@ import os
 import re
 import sys
 
-BASELINES = ("loss", "confident_learning")
+# The baselines whose paired intervals benchmark.json holds (`paired.<name>.vs_<baseline>`).
+from gbair_jax.recovery.benchmark import BASELINES
 RECOVERED_SHARE_SUITE, RECOVERED_SHARE_TARGET = "insults_uniform", 0.8
 SETTINGS_WITH_INTERVALS_ABOVE_ZERO = 3
 MIN_SEEDS = 5  # "on the suite over 5 seeds"
