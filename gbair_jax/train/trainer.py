@@ -132,13 +132,9 @@ def _make_in_run_step(optimizer, in_run: in_run_lib.InRunTracIn, schedule: optax
   return in_run_step
 
 
-@functools.lru_cache(maxsize=16)
 def make_logits_fn(spec: ClassifierSpec, mesh: Mesh | None = None):
   """Jitted `(prompt, frozen, tokens, mask) -> logits`, replicated on the mesh's devices.
-  An ensemble's prompts [N, P, D] give the log of the members' mean class probabilities.
-
-  One function per (spec, mesh): a run predicts with the same spec in every round and
-  strategy, and a new closure would be traced again each time."""
+  An ensemble's prompts [N, P, D] give the log of the members' mean class probabilities."""
   out_shardings = None if mesh is None else mesh_lib.replicated(mesh)
 
   @functools.partial(jax.jit, out_shardings=out_shardings)
