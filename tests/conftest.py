@@ -12,10 +12,6 @@ import tempfile  # noqa: E402
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="gbair_jax_xla_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# Tests run tiny models whose compiles cost more than running them: XLA's cheap pipeline
-# (backend optimization level 0) took about a tenth off tests/test_gate.py on the 2-core VM.
-# Subprocesses (gbair runs, the multi-process mesh tests) inherit it with the environment.
-os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import gin  # noqa: E402
 import pytest  # noqa: E402
