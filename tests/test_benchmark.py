@@ -444,12 +444,10 @@ def test_issue_targets_leaves_what_was_not_run_undecided(tmp_path):
                                 "recovered_share", "no_run_below_round0")} == {"not measured"}
   # An interval above zero from fewer than five seeds does not count.
   row = issue_targets.setting_row(issue_targets.load(dirs[0]))
-  assert issue_targets.verdicts([row] * 3 + [dict(row, suite="rotten_tomatoes_uniform"),
-                                             dict(row, suite="t", classes=3)]
-                                )["intervals_above_zero"] == "met"
+  five_settings = lambda r: [r] * 3 + [dict(r, suite="rotten_tomatoes_uniform"),
+                                       dict(r, suite="t", classes=3)]
+  assert issue_targets.verdicts(five_settings(row))["intervals_above_zero"] == "met"
   row["seeds"] = row["seeds"][:2]
-  assert issue_targets.verdicts([row] * 3 + [dict(row, suite="rotten_tomatoes_uniform"),
-                                             dict(row, suite="t", classes=3)]
-                                )["intervals_above_zero"] == "not measured"
+  assert issue_targets.verdicts(five_settings(row))["intervals_above_zero"] == "not measured"
   with pytest.raises(SystemExit, match="nothing_here/benchmark.json does not exist"):
     issue_targets.load(str(tmp_path / "nothing_here"))
