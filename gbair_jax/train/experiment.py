@@ -32,6 +32,10 @@ class Experiment:
   # ('data', 'model'): batches over data, frozen weights over model when asked; None: one
   # device (an Experiment put together by hand, e.g. in a notebook).
   mesh: Mesh | None = None
+  # tokenized_splits' result for hand-built data: tokenising through SeqIO traces a
+  # tf.data pipeline (about a second a split), and every run on this Experiment asks again.
+  _tokenized: dict | None = dataclasses.field(default=None, init=False, repr=False,
+                                              compare=False)
 
   def __post_init__(self):
     if self.mesh is None:
@@ -44,19 +48,23 @@ class Experiment:
   def tokenized_splits(self) -> dict[str, dict[str, np.ndarray]]:
     """The splits with `tokens` and `mask` [N, sequence_length]: as `load_data` read them
     from the SeqIO task, or, for data put together by hand (text only), through the same
-    SeqIO preprocessors with the backbone's feature."""
+    SeqIO preprocessors with the backbone's feature. Tokenised once per Experiment; each
+    call returns new dicts (callers add splits and columns), sharing the arrays, which no
+    caller writes (ledger changes make new columns)."""
     from gbair_jax.data import features  # pylint: disable=g-import-not-at-top
-    feature = self.spec.backbone.inputs_feature
-    out = {}
-    for name, split in self.data.splits.items():
-      if "tokens" in split:
-        if split["tokens"].shape[1] != self.sequence_length:
-          raise UserError(f"split {name!r} was tokenized to {split['tokens'].shape[1]} tokens, "
-                          f"not sequence_length = {self.sequence_length}")
-        out[name] = split
-      else:
-        out[name] = features.tokenize_columns(split, feature, self.sequence_length)
-    return out
+    if self._tokenized is None:
+      feature = self.spec.backbone.inputs_feature
+      out = {}
+      for name, split in self.data.splits.items():
+        if "tokens" in split:
+          if split["tokens"].shape[1] != self.sequence_length:
+            raise UserError(f"split {name!r} was tokenized to {split['tokens'].shape[1]} "
+                            f"tokens, not sequence_length = {self.sequence_length}")
+          out[name] = split
+        else:
+          out[name] = features.tokenize_columns(split, feature, self.sequence_length)
+      self._tokenized = out
+    return {name: dict(split) for name, split in self._tokenized.items()}
 
 
 @gin.configurable
