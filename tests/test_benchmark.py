@@ -2,7 +2,6 @@
 (tiny random BERT, 2 seeds, 2 strategies) end to end: schema, arithmetic, resume."""
 import json
 import os
-import subprocess
 import sys
 import types
 
@@ -11,7 +10,8 @@ import pytest
 
 from gbair_jax.recovery import benchmark
 from gbair_jax.train.metrics import average_precision
-from tests.helpers import synthetic_three_class_split, write_sentiment_csv, write_tiny_run_gin
+from tests.helpers import (gbair_in_process, synthetic_three_class_split, write_sentiment_csv,
+                           write_tiny_run_gin)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -314,22 +314,16 @@ benchmark.seeds = (3,)
   assert "in every round (run.train_on_validation" in markdown and ": loss+validation." in markdown
 
 
-def _gbair(*args):
-  return subprocess.run([sys.executable, "-m", "gbair_jax.main", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--seeds=1,x"], "--seeds='1,x': expected comma-separated integers"),
     (["--gin.benchmark.strategies=['nope']"], "recovery strategy 'nope' is unknown"),
 ])
-def test_bad_benchmark_flags_fail_with_one_line(tiny_suite, tmp_path, flags, message):
+def test_bad_benchmark_flags_fail_with_one_line(tiny_suite, tmp_path, flags, message, capsys):
   out = tmp_path / "never"
-  proc = _gbair("benchmark", f"--gin_file={tiny_suite}", f"--output_dir={out}", *flags)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  assert proc.stderr.strip().splitlines()[-1].startswith("gbair: error: ")
-  assert message in proc.stderr
+  assert gbair_in_process("benchmark", f"--gin_file={tiny_suite}", f"--output_dir={out}",
+                          *flags) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("gbair: error: ") and message in err[0], err
   assert not out.exists()
 
 

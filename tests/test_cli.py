@@ -1,5 +1,8 @@
 """The `gbair` command end to end in subprocesses: kill -9 and resume, refusals, bad input.
 
+A run killed mid-round and resumed: tests/test_run_guarantees.py (one kill covers the lock
+and the resume).
+
 Uses a tiny random BERT on a small CSV written here, so each process takes seconds.
 """
 import json
@@ -12,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import write_sentiment_csv, write_tiny_run_gin
+from tests.helpers import gbair_in_process, write_sentiment_csv, write_tiny_run_gin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GBAIR = [sys.executable, "-m", "gbair_jax.main"]
@@ -49,30 +52,6 @@ def run_until(args, path, timeout=300):
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-
-
-def comparable(report):
-  """The report without timings (wall-clock seconds differ between runs)."""
-  report = json.loads(json.dumps(report))
-  for r in report["rounds"]:
-    r.pop("seconds")
-  return report
-
-
-def test_run_killed_mid_round_resumes_to_the_same_ledger_and_report(config, tmp_path):
-  full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-  gbair("run", f"--gin_file={config}", f"--output_dir={full}")
-  # Kill while round 1 trains (its first epoch is on disk, the round is not finished).
-  run_until(["run", f"--gin_file={config}", f"--output_dir={killed}"],
-            os.path.join(killed, "round_1", "checkpoints", "1"))
-  assert not os.path.exists(os.path.join(killed, "report.json"))
-  out = gbair("run", f"--gin_file={config}", f"--output_dir={killed}")
-  assert "report:" in out.stdout
-  assert open(os.path.join(full, "ledger.jsonl")).read() == open(os.path.join(killed, "ledger.jsonl")).read()
-  a = comparable(json.load(open(os.path.join(full, "report.json"))))
-  b = comparable(json.load(open(os.path.join(killed, "report.json"))))
-  assert a == b
-  assert [r["selected"] for r in a["rounds"]] == [5, 5, 0]
 
 
 def test_train_killed_mid_epoch_resumes_to_the_same_prompt(config, tmp_path):
@@ -116,23 +95,21 @@ def test_different_config_is_refused_and_nothing_overwritten(config, tmp_path):
     ("--gin.CORRUPTION_RATE=1.5", "CORRUPTION_RATE"),
     ("--gin.build_classifier.prompt_length=0", "build_classifier.prompt_length"),
 ])
-def test_bad_bindings_fail_with_one_line(config, tmp_path, flag, message, monkeypatch, capsys):
+def test_bad_bindings_fail_with_one_line(config, tmp_path, flag, message, capsys):
   # In-process (the subprocess tests above cover the console script itself).
-  from gbair_jax import main
   out = tmp_path / "bad"
-  monkeypatch.setattr(sys, "argv", ["gbair", "run", f"--gin_file={config}", f"--output_dir={out}", flag])
-  with pytest.raises(SystemExit) as exit_info:
-    main.run()
-  assert exit_info.value.code == 2
+  assert gbair_in_process("run", f"--gin_file={config}", f"--output_dir={out}", flag) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("gbair: error:") and message in err[0], err
   assert not (out / "ledger.jsonl").exists() and not (out / "round_0").exists()
 
 
-def test_missing_gin_file_names_it(tmp_path):
-  proc = gbair("train", "--gin_file=gin/runs/nope.gin", f"--output_dir={tmp_path}", check=False)
-  assert proc.returncode == 2
-  assert "gin/runs/nope.gin" in proc.stderr.splitlines()[-1]
+def test_missing_gin_file_names_it(tmp_path, capsys):
+  assert gbair_in_process("train", "--gin_file=gin/runs/nope.gin",
+                          f"--output_dir={tmp_path / 'o'}") == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("gbair: error:") and "gin/runs/nope.gin" in err[0]
+  assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("script, args, expected", [

@@ -17,7 +17,8 @@ from gbair_jax.data import ledger as ledger_lib
 from gbair_jax.recovery import actions
 from gbair_jax.review import decisions as decisions_lib
 from gbair_jax.review import server as server_lib
-from tests.review_helpers import IMG, LABELS, NUM_SUSPECTS, SCRIPT, gbair
+from tests.helpers import gbair_in_process
+from tests.review_helpers import IMG, LABELS, NUM_SUSPECTS, SCRIPT
 
 GROUND_TRUTH = ("was_corrupted", "original_label", "is_corrupted")
 
@@ -347,16 +348,16 @@ def test_decisions_close_when_the_run_goes_on(served, run_dir, how):
   assert ledger_text(run_dir) == before
 
 
-def test_review_command_refuses_a_run_without_proposals(tmp_path):
-  proc = gbair("review", f"--output_dir={tmp_path}", "--port=0", check=False)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith("gbair: error: ")
-  assert "no round waits for review" in proc.stderr
+def test_review_command_refuses_a_run_without_proposals(tmp_path, capsys):
+  assert gbair_in_process("review", f"--output_dir={tmp_path}", "--port=0") == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("gbair: error: ")
+  assert "no round waits for review" in err[0]
 
 
 # --- resume ------------------------------------------------------------------------------------
 
-def test_resumed_run_trains_on_the_decisions(served, run_dir, monkeypatch):
+def test_resumed_run_trains_on_the_decisions(served, run_dir, monkeypatch, capsys):
   from gbair_jax.recovery import loop
   suspects = proposals_of(run_dir)["suspects"]
   names = list(LABELS)
@@ -411,8 +412,9 @@ def test_resumed_run_trains_on_the_decisions(served, run_dir, monkeypatch):
   status, body, _ = served.decide(str(suspects[10]["example_id"]), "accept")
   assert status == 409
 
-  proc = gbair("review", f"--output_dir={run_dir}", "--score")
-  assert "decisions" in proc.stdout and os.path.exists(os.path.join(run_dir, "review_scores.json"))
+  capsys.readouterr()
+  assert gbair_in_process("review", f"--output_dir={run_dir}", "--score") == 0
+  assert "decisions" in capsys.readouterr().out and os.path.exists(os.path.join(run_dir, "review_scores.json"))
   scores = json.load(open(os.path.join(run_dir, "review_scores.json")))["0"]
   assert scores["decisions"] == 4 and scores["right"] == round0["review"]["right"]
 
@@ -466,12 +468,13 @@ def test_decision_rules_and_score_against_ground_truth():
   assert "round" in score_lib.format_scores({0: s})
 
 
-def test_gbair_influence_queries_suspects_matches_the_pause(paused_review_run, tmp_path):
+def test_gbair_influence_queries_suspects_matches_the_pause(paused_review_run, tmp_path, capsys):
   out = str(tmp_path / "run")
   shutil.copytree(paused_review_run["output_dir"], out)
-  proc = gbair("influence", f"--output_dir={out}", "--round=0", "--queries=suspects",
-               "--top_k=3")
-  assert "opposes" in proc.stdout and "influence:" in proc.stdout
+  assert gbair_in_process("influence", f"--output_dir={out}", "--round=0",
+                          "--queries=suspects", "--top_k=3") == 0
+  stdout = capsys.readouterr().out
+  assert "opposes" in stdout and "influence:" in stdout
   path = os.path.join(out, "round_0", "influence", "suspects_top3.jsonl")
   top3 = [json.loads(l) for l in open(path)]
   top5 = [json.loads(l) for l in open(os.path.join(out, "round_0", "influence",

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from gbair_jax.errors import UserError
+from tests.helpers import gbair_in_process as gbair
 from tests.helpers import write_sentiment_csv, write_tiny_run_gin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,22 +55,6 @@ def _bind_user_files(path, label_names=("negative", "positive")):
   gin.bind_parameter("user_files_options.label_names", label_names)
 
 
-def gbair(*args):
-  """`gbair ...` in this process: (exit code, stdout, stderr lines) via the console entry."""
-  from gbair_jax import main
-  argv = sys.argv
-  sys.argv = ["gbair", *args]
-  try:
-    main.run()
-    code = 0
-  except SystemExit as e:
-    code = e.code or 0
-  finally:
-    sys.argv = argv
-    gin.clear_config()
-  return code
-
-
 def copy_run(source, target):
   shutil.copytree(source, target, ignore=shutil.ignore_patterns(".gbair.lock"))
   return str(target)
@@ -86,7 +71,8 @@ def rounds_of(run_dir):
 
 
 # 1. Two processes on one output_dir: the second is refused at once, naming the holder; a
-#    kill -9 leaves no stale lock; a round cannot be appended twice.
+#    kill -9 leaves no stale lock, and the run resumes mid-round to the same ledger and
+#    report as an unkilled one; a round cannot be appended twice.
 def test_second_process_is_refused_and_kill_leaves_no_stale_lock(setup, tmp_path):
   config, finished = setup
   out = str(tmp_path / "shared")
@@ -95,7 +81,9 @@ def test_second_process_is_refused_and_kill_leaves_no_stale_lock(setup, tmp_path
                            stderr=subprocess.DEVNULL, env=ENV)
   try:
     deadline = time.time() + 300
-    while not os.path.exists(os.path.join(out, "round_0", "checkpoints", "1")):
+    # Stopped while round 1 trains: round 0 selected and wrote the ledger, round 1 has its
+    # first epoch on disk and is not finished.
+    while not os.path.exists(os.path.join(out, "round_1", "checkpoints", "1")):
       assert first.poll() is None and time.time() < deadline, "first run never trained"
       time.sleep(0.05)
     first.send_signal(signal.SIGSTOP)  # holds the lock, mid-run, however slow the machine
@@ -108,12 +96,16 @@ def test_second_process_is_refused_and_kill_leaves_no_stale_lock(setup, tmp_path
   lines = second.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("gbair: error:"), second.stderr
   assert f"in use by process {first.pid}" in lines[0]
+  assert not os.path.exists(os.path.join(out, "report.json"))
   # The kill -9 released the lock: the same command resumes and ends like an unkilled run.
   resumed = subprocess.run([*GBAIR, *args], cwd=REPO, capture_output=True, text=True,
                            timeout=600, env=ENV)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert read(os.path.join(out, "ledger.jsonl")) == read(os.path.join(finished, "ledger.jsonl"))
   assert rounds_of(out) == rounds_of(finished)
+  assert [r["selected"] for r in rounds_of(out)] == [5, 0]
+  report, want = (json.loads(read(os.path.join(d, "report.json"))) for d in (out, finished))
+  assert report["references"] == want["references"]
 
 
 def test_a_round_cannot_be_appended_twice(tmp_path):
