@@ -75,15 +75,15 @@ def test_train_killed_mid_epoch_resumes_to_the_same_prompt(config, tmp_path):
                              rtol=1e-6, atol=1e-7)
 
 
-def test_different_config_is_refused_and_nothing_overwritten(config, tmp_path):
+def test_different_config_is_refused_and_nothing_overwritten(config, tmp_path, capsys):
   out = str(tmp_path / "run")
   os.makedirs(out)
   with open(os.path.join(out, "config.gin"), "w") as f:
     f.write("# another run\n")
-  proc = gbair("train", f"--gin_file={config}", f"--output_dir={out}", check=False)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith("gbair: error: ")
-  assert "different gin config" in proc.stderr
+  assert gbair_in_process("train", f"--gin_file={config}", f"--output_dir={out}") == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("gbair: error: ")
+  assert "different gin config" in err[0]
   assert open(os.path.join(out, "config.gin")).read() == "# another run\n"
   assert os.listdir(out) == ["config.gin"]
 
