@@ -2,7 +2,6 @@
 (tiny random BERT, 2 seeds, 2 strategies) end to end: schema, arithmetic, resume."""
 import json
 import os
-import sys
 import types
 
 import numpy as np
